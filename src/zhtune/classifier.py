@@ -1,0 +1,127 @@
+"""``Classifier``: one loading and prediction API for every model kind.
+
+``Classifier.load(path)`` reads ``zhtune.json`` in a run/model directory to learn the model
+kind (no flag needed); a plain Hugging Face sequence-classification directory or hub id
+loads as kind ``encoder``. Every kind provides ``predict_proba(texts, batch_size)``;
+``evaluate``, ``predict`` and ``serve`` only ever go through this class.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from zhtune.errors import ModelLoadError, ZhtuneError
+from zhtune.runs import read_manifest
+
+
+class Backend(Protocol):
+    labels: list[str]
+
+    def predict_proba(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray: ...
+
+
+# kind -> module that defines ``load_backend(path, manifest, **kw) -> Backend``.
+# Imported only when a model of that kind is loaded (torch is not needed for the baseline).
+KIND_MODULES: dict[str, str] = {
+    "baseline": "zhtune.baseline",
+    "encoder": "zhtune.inference",
+    "lora-head": "zhtune.llm",
+    "scoring": "zhtune.llm",
+    "onnx": "zhtune.export",
+}
+
+
+def load_backend(kind: str, path: Path | str, manifest: dict, **kw: Any) -> Backend:
+    if kind not in KIND_MODULES:
+        raise ModelLoadError(f"{path}: unknown model kind {kind!r}; known: {', '.join(KIND_MODULES)}")
+    module = importlib.import_module(KIND_MODULES[kind])
+    return module.load_backend(path, manifest, **kw)
+
+
+class Classifier:
+    """Load any zhtune model and predict label names with probabilities.
+
+    >>> clf = Classifier.load("runs/quickstart/finetune")   # doctest: +SKIP
+    >>> clf.predict("质量很好，物流也快")                       # doctest: +SKIP
+    {'label': 'positive', 'confidence': 0.97, 'probs': {'negative': 0.03, 'positive': 0.97}}
+    """
+
+    def __init__(self, backend: Backend, kind: str, path: str, temperature: float = 1.0) -> None:
+        self.backend = backend
+        self.kind = kind
+        self.path = path
+        self.temperature = temperature
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.backend.labels)
+
+    @classmethod
+    def load(cls, path: str | Path, *, calibrated: bool = False, **kw: Any) -> Classifier:
+        """Load a run directory, a model directory or a Hugging Face hub id.
+
+        ``calibrated=True`` applies the temperature fitted by ``zhtune evaluate``
+        (``calibration.json``). Extra keyword arguments go to the kind's loader
+        (e.g. ``device``, ``allow_pickle``)."""
+        p = Path(path)
+        manifest = read_manifest(p) if p.is_dir() else None
+        if manifest is None:
+            if p.is_dir() and not (p / "config.json").is_file():
+                raise ModelLoadError(
+                    f"{p}: not a zhtune run or model directory (no zhtune.json and no config.json)"
+                )
+            if not p.is_dir() and (p.exists() or str(path).startswith((".", "/"))):
+                raise ModelLoadError(f"{path}: no such model directory")
+            manifest = {"kind": "encoder"}
+        kind = manifest["kind"]
+        backend = load_backend(kind, p if p.exists() else str(path), manifest, **kw)
+        temperature = 1.0
+        if calibrated:
+            cal = p / "calibration.json"
+            if not cal.is_file():
+                raise ZhtuneError(f"{cal} not found: run `zhtune evaluate --model {p}` to fit a temperature")
+            temperature = float(json.loads(cal.read_text(encoding="utf-8"))["temperature"])
+        return cls(backend, kind, str(path), temperature)
+
+    def predict_proba(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
+        """Probabilities, shape (len(texts), n_labels), in input order."""
+        if isinstance(texts, str):
+            raise TypeError("predict_proba takes a list of texts")
+        if not len(texts):
+            return np.zeros((0, len(self.labels)))
+        probs = np.asarray(self.backend.predict_proba(list(texts), batch_size=batch_size), dtype=np.float64)
+        if self.temperature != 1.0:
+            logits = np.log(np.clip(probs, 1e-12, 1.0)) / self.temperature
+            logits -= logits.max(axis=1, keepdims=True)
+            probs = np.exp(logits)
+            probs /= probs.sum(axis=1, keepdims=True)
+        return probs
+
+    def format(self, probs: np.ndarray) -> list[dict]:
+        labels = self.labels
+        out = []
+        for row in probs:
+            i = int(row.argmax())
+            out.append({"label": labels[i], "confidence": float(row[i]),
+                        "probs": {name: float(p) for name, p in zip(labels, row, strict=True)}})
+        return out
+
+    def predict(self, texts: str | Sequence[str], batch_size: int = 32) -> dict | list[dict]:
+        """``predict("文本")`` gives ``{"label", "confidence", "probs"}``; a list gives a list."""
+        if isinstance(texts, str):
+            return self.format(self.predict_proba([texts], batch_size))[0]
+        return self.format(self.predict_proba(list(texts), batch_size))
+
+    def throughput(self, texts: Sequence[str], batch_size: int = 32) -> float:
+        """Texts per second over ``texts`` (one warm-up batch first)."""
+        self.predict_proba(list(texts[:batch_size]), batch_size)
+        t = time.perf_counter()
+        self.predict_proba(list(texts), batch_size)
+        return len(texts) / max(time.perf_counter() - t, 1e-9)

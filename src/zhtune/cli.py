@@ -1,0 +1,203 @@
+"""The ``zhtune`` console script. Each subcommand is a thin call into one module.
+
+    zhtune quickstart      the main job on built-in data (see `zhtune quickstart --help`)
+    zhtune baseline        TF-IDF + linear model          -> zhtune/baseline.py
+    zhtune predict         predict with any saved model   -> zhtune/classifier.py
+    zhtune data            inspect a dataset and its splits -> zhtune/data/
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import logging
+import sys
+from collections.abc import Callable
+
+from zhtune import __version__
+from zhtune.config import add_config_args, config_from_args
+from zhtune.errors import ZhtuneError
+
+log = logging.getLogger("zhtune")
+
+# name -> (one-line help, function that adds the arguments, function that runs)
+Command = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int | None]]
+COMMANDS: dict[str, Command] = {}
+
+
+# --- baseline ----------------------------------------------------------------------------
+def _add_baseline(p: argparse.ArgumentParser) -> None:
+    from zhtune.baseline import BaselineConfig
+
+    p.add_argument("--out", required=True, help="run directory to write")
+    add_config_args(p, BaselineConfig)
+
+
+def _run_baseline(ns: argparse.Namespace) -> int:
+    from zhtune.baseline import BaselineConfig, run_baseline
+    from zhtune.evaluation.metrics import format_table
+
+    cfg = config_from_args(BaselineConfig, ns)
+    m = run_baseline(cfg, ns.out)
+    print(format_table([m], [("model", "model"), ("accuracy", "accuracy"), ("macro_f1", "macro-F1"),
+                             ("weighted_f1", "weighted-F1"), ("roc_auc", "ROC-AUC"), ("n", "test rows"),
+                             ("train_seconds", "train s"), ("texts_per_second", "texts/s")]))
+    print(f"\nrun directory: {ns.out}")
+    return 0
+
+
+COMMANDS["baseline"] = ("TF-IDF (char 1-3 grams) + linear model baseline", _add_baseline, _run_baseline)
+
+
+# --- quickstart --------------------------------------------------------------------------
+def _add_quickstart(p: argparse.ArgumentParser) -> None:
+    from zhtune.quickstart import QuickstartConfig
+
+    p.add_argument("--out", default="runs/quickstart", help="directory for all runs and the report")
+    add_config_args(p, QuickstartConfig)
+
+
+def _run_quickstart(ns: argparse.Namespace) -> int:
+    from zhtune.quickstart import QuickstartConfig, run_quickstart
+
+    run_quickstart(config_from_args(QuickstartConfig, ns), ns.out)
+    return 0
+
+
+COMMANDS["quickstart"] = ("the main job on built-in data: every stage, one summary table", _add_quickstart, _run_quickstart)
+
+
+# --- predict -----------------------------------------------------------------------------
+def _add_predict(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="run directory, model directory or HF hub id")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--text", action="append", help="a text to classify (repeatable)")
+    src.add_argument("--file", help="a .txt (one text a line), .csv/.tsv or .jsonl file (column --text-column)")
+    p.add_argument("--out", help="with --file: write predictions as JSONL here (default: stdout)")
+    p.add_argument("--text-column", default="text", help="text column / field for --file (default: text)")
+    p.add_argument("--batch-size", type=int, default=32, help="texts per batch (default: 32)")
+    p.add_argument("--calibrated", action="store_true", help="apply the temperature fitted by `zhtune evaluate`")
+
+
+def _run_predict(ns: argparse.Namespace) -> int:
+    from zhtune.classifier import Classifier
+    from zhtune.predict import predict_file
+
+    clf = Classifier.load(ns.model, calibrated=ns.calibrated)
+    if ns.text:
+        for text, pred in zip(ns.text, clf.predict(ns.text, batch_size=ns.batch_size), strict=True):
+            print(json.dumps({"text": text, **pred}, ensure_ascii=False))
+        return 0
+    n = predict_file(clf, ns.file, ns.out, text_column=ns.text_column, batch_size=ns.batch_size)
+    if ns.out:
+        print(f"{n} predictions written to {ns.out}", file=sys.stderr)
+    return 0
+
+
+COMMANDS["predict"] = ("predict labels with any saved model (baseline, encoder, ...)", _add_predict, _run_predict)
+
+
+# --- data --------------------------------------------------------------------------------
+def _add_data(p: argparse.ArgumentParser) -> None:
+    from zhtune.data import DataConfig
+
+    add_config_args(p, DataConfig)
+
+
+def _run_data(ns: argparse.Namespace) -> int:
+    from zhtune.data import DataConfig, load_splits
+
+    splits = load_splits(config_from_args(DataConfig, ns))
+    print(json.dumps(splits.report, ensure_ascii=False, indent=2))
+    return 0
+
+
+COMMANDS["data"] = ("read, validate and split a dataset; print the report (sizes, skips)", _add_data, _run_data)
+
+
+# --- commands that live wholly in their module -------------------------------------------
+# Each module defines ``add_arguments(parser)`` and ``run_cli(namespace) -> int``; a command
+# appears once its module exists.
+MODULE_COMMANDS: dict[str, tuple[str, str]] = {
+    "pretrain": ("zhtune.pretrain", "pretrain a RoBERTa (MLM + whole-word masking) or a tiny causal LM"),
+    "finetune": ("zhtune.finetune", "fine-tune an encoder (BERT/RoBERTa) for classification"),
+    "lora": ("zhtune.llm", "LoRA/QLoRA fine-tuning of a decoder LLM: classifier head or label scoring"),
+    "zero-shot": ("zhtune.zeroshot", "zero-shot label scoring with a causal LM (no training)"),
+    "merge": ("zhtune.merge", "merge a LoRA adapter into its base model"),
+    "evaluate": ("zhtune.evaluation.evaluate", "metrics, calibration and robustness of any model"),
+    "compare": ("zhtune.evaluation.compare", "score several models on the same rows; HTML report"),
+    "export": ("zhtune.export", "export a model to ONNX (optionally int8) and check parity"),
+    "serve": ("zhtune.serve", "HTTP API and web page for a model (FastAPI + uvicorn)"),
+    "runs": ("zhtune.runs_cli", "list the runs in a directory"),
+    "tune": ("zhtune.tune", "hyperparameter search with Optuna"),
+}
+
+
+def _module_command(module: str, help_: str) -> Command:
+    def add(p: argparse.ArgumentParser) -> None:
+        importlib.import_module(module).add_arguments(p)
+
+    def run(ns: argparse.Namespace) -> int | None:
+        return importlib.import_module(module).run_cli(ns)
+
+    return help_, add, run
+
+
+for _name, (_module, _help) in MODULE_COMMANDS.items():
+    if importlib.util.find_spec(_module) is not None:
+        COMMANDS[_name] = _module_command(_module, _help)
+
+
+# --- entry point -------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="zhtune",
+        description="Chinese text classification, from raw text to a served model.",
+        epilog="Run `zhtune COMMAND --help` for a command's options. Any option can also be set "
+        "in a YAML preset given with --config (see configs/).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"zhtune {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors in the log")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks on errors")
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="only warnings and errors in the log")
+    for name, (help_, add_args, _) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_, description=help_, parents=[common])
+        add_args(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if ns.quiet else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    if not ns.command:
+        parser.print_help()
+        return 0
+    try:
+        return COMMANDS[ns.command][2](ns) or 0
+    except ZhtuneError as e:
+        if ns.debug:
+            raise
+        print(f"zhtune {ns.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"zhtune {ns.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # an unexpected failure: one line unless --debug
+        if ns.debug:
+            raise
+        print(f"zhtune {ns.command}: unexpected error: {type(e).__name__}: {e} (rerun with --debug for the traceback)",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

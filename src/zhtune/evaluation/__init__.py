@@ -1,0 +1,1 @@
+"""Metrics, calibration, robustness, comparison and reports."""

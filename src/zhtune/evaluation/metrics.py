@@ -1,0 +1,61 @@
+"""Classification metrics shared by every command (one ``metrics.json`` schema)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from sklearn.metrics import (
+    accuracy_score,
+    confusion_matrix,
+    log_loss,
+    precision_recall_fscore_support,
+    roc_auc_score,
+)
+
+
+def classification_metrics(y_true: Sequence[int], probs: np.ndarray, labels: Sequence[str]) -> dict:
+    """Accuracy, macro/weighted P/R/F1, per-class P/R/F1/support, confusion matrix, ROC-AUC
+    (binary, or one-vs-rest macro) and log loss, from gold ids and predicted probabilities."""
+    y = np.asarray(y_true)
+    probs = np.asarray(probs, dtype=np.float64)
+    pred = probs.argmax(axis=1)
+    ids = list(range(len(labels)))
+    out: dict = {"n": int(len(y)), "labels": list(labels), "accuracy": float(accuracy_score(y, pred))}
+    for avg in ("macro", "weighted"):
+        p, r, f, _ = precision_recall_fscore_support(y, pred, labels=ids, average=avg, zero_division=0)
+        out[f"{avg}_precision"], out[f"{avg}_recall"], out[f"{avg}_f1"] = float(p), float(r), float(f)
+    p, r, f, s = precision_recall_fscore_support(y, pred, labels=ids, average=None, zero_division=0)
+    out["per_class"] = {
+        name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
+        for i, name in enumerate(labels)
+    }
+    out["confusion_matrix"] = confusion_matrix(y, pred, labels=ids).tolist()
+    present = np.unique(y)
+    try:
+        if len(labels) == 2:
+            out["roc_auc"] = float(roc_auc_score(y, probs[:, 1])) if len(present) == 2 else None
+        else:
+            out["roc_auc"] = (
+                float(roc_auc_score(y, probs, multi_class="ovr", average="macro", labels=ids))
+                if len(present) == len(labels) else None
+            )
+    except ValueError:
+        out["roc_auc"] = None
+    clipped = np.clip(probs, 1e-12, 1.0)
+    out["log_loss"] = float(log_loss(y, clipped / clipped.sum(1, keepdims=True), labels=ids))
+    return out
+
+
+def format_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
+    """A Markdown table; ``columns`` is a list of (key, header). Floats get 4 decimals."""
+
+    def fmt(v: object) -> str:
+        if isinstance(v, float):
+            return f"{v:.4f}"
+        return "" if v is None else str(v)
+
+    head = "| " + " | ".join(h for _, h in columns) + " |"
+    sep = "|" + "|".join("---" for _ in columns) + "|"
+    body = ["| " + " | ".join(fmt(r.get(k)) for k, _ in columns) + " |" for r in rows]
+    return "\n".join([head, sep, *body])

@@ -1,0 +1,56 @@
+"""Score a Classifier on a split and write the standard outputs of a run directory."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from zhtune.data import Split, Splits
+from zhtune.errors import ZhtuneError
+from zhtune.evaluation.metrics import classification_metrics
+from zhtune.runs import prediction_rows, write_json, write_jsonl
+
+
+def check_labels(model_labels: list[str], data_labels: list[str], where: str = "") -> None:
+    if list(model_labels) != list(data_labels):
+        raise ZhtuneError(
+            f"{where + ': ' if where else ''}the model's labels {list(model_labels)} differ from the "
+            f"data's labels {list(data_labels)}; use data with the same label set"
+        )
+
+
+def dir_size(path: str | Path, patterns: tuple[str, ...] = ("*.safetensors", "*.skops", "*.onnx")) -> int:
+    """Bytes of the model weight files in a directory."""
+    p = Path(path)
+    return sum(f.stat().st_size for pat in patterns for f in p.glob(pat))
+
+
+def score(clf, split: Split, labels: list[str], batch_size: int = 64) -> tuple[dict, np.ndarray]:
+    """Metrics (plus texts/s) and probabilities of ``clf`` on ``split``."""
+    check_labels(clf.labels, labels)
+    t = time.perf_counter()
+    probs = clf.predict_proba(split.texts, batch_size=batch_size)
+    seconds = time.perf_counter() - t
+    gold = [labels.index(lbl) for lbl in split.labels]
+    metrics = classification_metrics(gold, probs, labels)
+    metrics["texts_per_second"] = len(split) / max(seconds, 1e-9)
+    return metrics, probs
+
+
+def write_test_outputs(clf, splits: Splits, out: str | Path, extra: dict | None = None,
+                       split: str = "test", batch_size: int = 64) -> dict:
+    """``metrics.json``, ``predictions.jsonl``, confusion matrix and per-class PNGs."""
+    from zhtune import plots
+
+    out = Path(out)
+    data = splits.get(split)
+    labels = list(splits.label_map.names)
+    metrics, probs = score(clf, data, labels, batch_size)
+    metrics = {"split": split, **metrics, "model_bytes": dir_size(out), **(extra or {})}
+    write_json(out / "metrics.json", metrics)
+    write_jsonl(out / "predictions.jsonl", prediction_rows(data.texts, data.labels, clf.format(probs)))
+    plots.confusion_matrix_png(metrics["confusion_matrix"], labels, out / "confusion_matrix.png")
+    plots.per_class_png(metrics["per_class"], out / "per_class.png")
+    return metrics
