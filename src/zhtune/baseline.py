@@ -39,7 +39,9 @@ class BaselineConfig(DataConfig):
         super().__post_init__()
         validate_choices(self)
         check(self.C > 0, "C", f"must be > 0, got {self.C}")
-        check(1 <= self.ngram_min <= self.ngram_max, "ngram_max", "need 1 <= ngram_min <= ngram_max")
+        check(
+            1 <= self.ngram_min <= self.ngram_max, "ngram_max", "need 1 <= ngram_min <= ngram_max"
+        )
         check(self.min_df >= 1, "min_df", f"must be >= 1, got {self.min_df}")
 
 
@@ -55,8 +57,13 @@ def build_pipeline(cfg: BaselineConfig):
         clf = LogisticRegression(C=cfg.C, class_weight=cw, max_iter=2000)
     else:  # LinearSVC has no probabilities: calibrate it (sigmoid, 3-fold)
         clf = CalibratedClassifierCV(LinearSVC(C=cfg.C, class_weight=cw), cv=3)
-    vec = TfidfVectorizer(analyzer="char", ngram_range=(cfg.ngram_min, cfg.ngram_max),
-                          sublinear_tf=True, min_df=cfg.min_df, max_features=cfg.max_features)
+    vec = TfidfVectorizer(
+        analyzer="char",
+        ngram_range=(cfg.ngram_min, cfg.ngram_max),
+        sublinear_tf=True,
+        min_df=cfg.min_df,
+        max_features=cfg.max_features,
+    )
     return Pipeline([("tfidf", vec), ("clf", clf)])
 
 
@@ -86,9 +93,13 @@ class BaselineModel:
             raise ModelLoadError(f"{f} not found")
         try:
             untrusted = sio.get_untrusted_types(file=f)
-            allowed = [t for t in untrusted if t.startswith(("sklearn.", "numpy.", "scipy.sparse."))]
+            allowed = [
+                t for t in untrusted if t.startswith(("sklearn.", "numpy.", "scipy.sparse."))
+            ]
             if set(untrusted) - set(allowed):
-                raise ModelLoadError(f"{f}: refusing to load unexpected types {sorted(set(untrusted) - set(allowed))}")
+                raise ModelLoadError(
+                    f"{f}: refusing to load unexpected types {sorted(set(untrusted) - set(allowed))}"
+                )
             pipeline = sio.load(f, trusted=allowed)
         except ModelLoadError:
             raise
@@ -114,7 +125,13 @@ def run_baseline(cfg: BaselineConfig, out: str | Path) -> dict:
     for w in splits.report["warnings"]:
         log.warning(w)
     labels = list(splits.label_map.names)
-    log.info("baseline: %d train / %d dev / %d test rows, labels %s", len(splits.train), len(splits.dev), len(splits.test), labels)
+    log.info(
+        "baseline: %d train / %d dev / %d test rows, labels %s",
+        len(splits.train),
+        len(splits.dev),
+        len(splits.test),
+        labels,
+    )
     pipe = build_pipeline(cfg)
     t = time.perf_counter()
     # fit on label ids so that predict_proba columns follow the label map
@@ -124,9 +141,17 @@ def run_baseline(cfg: BaselineConfig, out: str | Path) -> dict:
     model.save(out)
     write_manifest(out, "baseline", labels, classifier=cfg.classifier)
     clf = Classifier(model, "baseline", str(out))
-    dev_acc = float(np.mean(clf.predict_proba(splits.dev.texts).argmax(1) == splits.dev.label_ids(splits.label_map)))
+    dev_acc = float(
+        np.mean(
+            clf.predict_proba(splits.dev.texts).argmax(1) == splits.dev.label_ids(splits.label_map)
+        )
+    )
     head = pipe[-1]
     params = int(head.coef_.size + head.intercept_.size) if hasattr(head, "coef_") else None
-    extra = {"model": f"tfidf-{cfg.classifier}", "train_seconds": train_seconds,
-             "dev_accuracy": dev_acc, "parameters": params}
+    extra = {
+        "model": f"tfidf-{cfg.classifier}",
+        "train_seconds": train_seconds,
+        "dev_accuracy": dev_acc,
+        "parameters": params,
+    }
     return write_test_outputs(clf, splits, out, extra=extra)

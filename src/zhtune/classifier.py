@@ -40,7 +40,9 @@ KIND_MODULES: dict[str, str] = {
 
 def load_backend(kind: str, path: Path | str, manifest: dict, **kw: Any) -> Backend:
     if kind not in KIND_MODULES:
-        raise ModelLoadError(f"{path}: unknown model kind {kind!r}; known: {', '.join(KIND_MODULES)}")
+        raise ModelLoadError(
+            f"{path}: unknown model kind {kind!r}; known: {', '.join(KIND_MODULES)}"
+        )
     module = importlib.import_module(KIND_MODULES[kind])
     return module.load_backend(path, manifest, **kw)
 
@@ -86,7 +88,9 @@ class Classifier:
         if calibrated:
             cal = p / "calibration.json"
             if not cal.is_file():
-                raise ZhtuneError(f"{cal} not found: run `zhtune evaluate --model {p}` to fit a temperature")
+                raise ZhtuneError(
+                    f"{cal} not found: run `zhtune evaluate --model {p}` to fit a temperature"
+                )
             temperature = float(json.loads(cal.read_text(encoding="utf-8"))["temperature"])
         return cls(backend, kind, str(path), temperature)
 
@@ -96,7 +100,9 @@ class Classifier:
             raise TypeError("predict_proba takes a list of texts")
         if not len(texts):
             return np.zeros((0, len(self.labels)))
-        probs = np.asarray(self.backend.predict_proba(list(texts), batch_size=batch_size), dtype=np.float64)
+        probs = np.asarray(
+            self.backend.predict_proba(list(texts), batch_size=batch_size), dtype=np.float64
+        )
         if self.temperature != 1.0:
             logits = np.log(np.clip(probs, 1e-12, 1.0)) / self.temperature
             logits -= logits.max(axis=1, keepdims=True)
@@ -109,8 +115,13 @@ class Classifier:
         out = []
         for row in probs:
             i = int(row.argmax())
-            out.append({"label": labels[i], "confidence": float(row[i]),
-                        "probs": {name: float(p) for name, p in zip(labels, row, strict=True)}})
+            out.append(
+                {
+                    "label": labels[i],
+                    "confidence": float(row[i]),
+                    "probs": {name: float(p) for name, p in zip(labels, row, strict=True)},
+                }
+            )
         return out
 
     def predict(self, texts: str | Sequence[str], batch_size: int = 32) -> dict | list[dict]:

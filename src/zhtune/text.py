@@ -70,8 +70,9 @@ def word_spans(text: str, words: list[str] | None = None) -> list[tuple[int, int
     return spans
 
 
-def word_ids_from_offsets(offsets: list[tuple[int, int]], spans: list[tuple[int, int]],
-                          special: list[bool] | None = None) -> list[int | None]:
+def word_ids_from_offsets(
+    offsets: list[tuple[int, int]], spans: list[tuple[int, int]], special: list[bool] | None = None
+) -> list[int | None]:
     """Map each token (given its character offsets) to the index of the word it belongs to.
 
     Tokens of one jieba word (several Chinese characters, or WordPiece ``##`` pieces of one
@@ -89,12 +90,17 @@ def word_ids_from_offsets(offsets: list[tuple[int, int]], spans: list[tuple[int,
     return out
 
 
-def word_ids(text: str, tokenizer, words: list[str] | None = None, **encode_kw) -> tuple[list[int], list[int | None]]:
+def word_ids(
+    text: str, tokenizer, words: list[str] | None = None, **encode_kw
+) -> tuple[list[int], list[int | None]]:
     """Token ids of ``text`` (with special tokens) and the word id of each token."""
     enc = tokenizer(text, return_offsets_mapping=True, return_special_tokens_mask=True, **encode_kw)
     ids = enc["input_ids"]
-    wids = word_ids_from_offsets(enc["offset_mapping"], word_spans(text, words),
-                                 [bool(m) for m in enc["special_tokens_mask"]])
+    wids = word_ids_from_offsets(
+        enc["offset_mapping"],
+        word_spans(text, words),
+        [bool(m) for m in enc["special_tokens_mask"]],
+    )
     return ids, wids
 
 

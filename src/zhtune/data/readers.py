@@ -43,7 +43,9 @@ class BadRows:
 
     def add(self, path: str, line: int | None, reason: str, detail: str) -> None:
         if self.mode != "skip":
-            raise DataError(f"{detail} (reason: {reason}; use --on-bad-row skip to skip such rows)", path, line)
+            raise DataError(
+                f"{detail} (reason: {reason}; use --on-bad-row skip to skip such rows)", path, line
+            )
         self.counts[reason] += 1
         self.examples.setdefault(reason, f"{path}:{line}: {detail}")
 
@@ -51,8 +53,12 @@ class BadRows:
         self.warnings.append(message)
 
     def summary(self) -> dict:
-        return {"skipped": dict(self.counts), "skipped_total": sum(self.counts.values()),
-                "first_example": self.examples, "warnings": self.warnings}
+        return {
+            "skipped": dict(self.counts),
+            "skipped_total": sum(self.counts.values()),
+            "first_example": self.examples,
+            "warnings": self.warnings,
+        }
 
 
 def _lines(path: Path, bad: BadRows) -> Iterator[tuple[int, str]]:
@@ -62,13 +68,22 @@ def _lines(path: Path, bad: BadRows) -> Iterator[tuple[int, str]]:
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                bad.add(str(path), no, "non_utf8", f"bytes that are not UTF-8 at column {e.start + 1}")
+                bad.add(
+                    str(path), no, "non_utf8", f"bytes that are not UTF-8 at column {e.start + 1}"
+                )
                 continue
             if no == 1 and line.startswith(BOM):
                 line = line[1:]
-                bad.warn(f"{path}: a UTF-8 byte-order mark (BOM) at the start of the file was removed")
+                bad.warn(
+                    f"{path}: a UTF-8 byte-order mark (BOM) at the start of the file was removed"
+                )
             elif BOM in line:
-                bad.add(str(path), no, "bom", "a byte-order mark (U+FEFF) inside the file; was it concatenated from several files?")
+                bad.add(
+                    str(path),
+                    no,
+                    "bom",
+                    "a byte-order mark (U+FEFF) inside the file; was it concatenated from several files?",
+                )
                 continue
             if "\x00" in line:
                 bad.add(str(path), no, "nul_byte", "a NUL byte; is this a binary or UTF-16 file?")
@@ -76,12 +91,16 @@ def _lines(path: Path, bad: BadRows) -> Iterator[tuple[int, str]]:
             yield no, line
 
 
-def _check_row(path: str, line: int, text: object, label: object, bad: BadRows, need_label: bool) -> Row | None:
+def _check_row(
+    path: str, line: int, text: object, label: object, bad: BadRows, need_label: bool
+) -> Row | None:
     if text is None:
         bad.add(path, line, "missing_text", "the text field is missing")
         return None
     if not isinstance(text, str):
-        bad.add(path, line, "unparseable", f"the text field must be a string, got {type(text).__name__}")
+        bad.add(
+            path, line, "unparseable", f"the text field must be a string, got {type(text).__name__}"
+        )
         return None
     if not text.strip():
         bad.add(path, line, "empty_text", "the text is empty")
@@ -92,7 +111,12 @@ def _check_row(path: str, line: int, text: object, label: object, bad: BadRows, 
             return None
         return Row(text.strip(), None, path, line)
     if isinstance(label, bool) or not isinstance(label, int | str):
-        bad.add(path, line, "unparseable", f"a label must be a string or an integer, got {json.dumps(label, ensure_ascii=False)}")
+        bad.add(
+            path,
+            line,
+            "unparseable",
+            f"a label must be a string or an integer, got {json.dumps(label, ensure_ascii=False)}",
+        )
         return None
     return Row(text.strip(), str(label).strip(), path, line)
 
@@ -109,11 +133,20 @@ def detect_format(path: Path, fmt: str = "auto") -> str:
         return "csv"
     if suffix == ".txt":
         return "txt"
-    raise DataError(f"cannot tell the format from the extension '{suffix}'; use .csv, .tsv, .jsonl or set --file-format", str(path))
+    raise DataError(
+        f"cannot tell the format from the extension '{suffix}'; use .csv, .tsv, .jsonl or set --file-format",
+        str(path),
+    )
 
 
-def read_file(path: str | Path, text_column: str = "text", label_column: str = "label",
-              bad: BadRows | None = None, fmt: str = "auto", need_label: bool = True) -> list[Row]:
+def read_file(
+    path: str | Path,
+    text_column: str = "text",
+    label_column: str = "label",
+    bad: BadRows | None = None,
+    fmt: str = "auto",
+    need_label: bool = True,
+) -> list[Row]:
     """Read a CSV/TSV (header row) or JSONL file into rows. ``txt`` is one unlabeled text a line."""
     path = Path(path)
     bad = bad or BadRows()
@@ -123,12 +156,22 @@ def read_file(path: str | Path, text_column: str = "text", label_column: str = "
     if kind == "jsonl":
         rows = _read_jsonl(path, text_column, label_column, bad, need_label)
     elif kind == "txt":
-        rows = [r for no, line in _lines(path, bad) if line.strip()
-                for r in [_check_row(str(path), no, line.rstrip("\r\n"), None, bad, False)] if r]
+        rows = [
+            r
+            for no, line in _lines(path, bad)
+            if line.strip()
+            for r in [_check_row(str(path), no, line.rstrip("\r\n"), None, bad, False)]
+            if r
+        ]
     else:
-        rows = _read_delimited(path, "\t" if kind == "tsv" else ",", text_column, label_column, bad, need_label)
+        rows = _read_delimited(
+            path, "\t" if kind == "tsv" else ",", text_column, label_column, bad, need_label
+        )
     if not rows:
-        raise DataError("no data rows (the file is empty, has only a header, or every row was skipped)", str(path))
+        raise DataError(
+            "no data rows (the file is empty, has only a header, or every row was skipped)",
+            str(path),
+        )
     _check_label_types(rows, bad, path)
     return [r for r in rows if r is not None]
 
@@ -148,11 +191,21 @@ def _read_jsonl(path: Path, tcol: str, lcol: str, bad: BadRows, need_label: bool
             continue
         if tcol not in obj:
             keys = ", ".join(map(str, obj)) or "none"
-            bad.add(str(path), no, "missing_text", f"no field '{tcol}' (fields: {keys}; set --text-column)")
+            bad.add(
+                str(path),
+                no,
+                "missing_text",
+                f"no field '{tcol}' (fields: {keys}; set --text-column)",
+            )
             continue
         if need_label and lcol not in obj:
             keys = ", ".join(map(str, obj))
-            bad.add(str(path), no, "missing_label", f"no field '{lcol}' (fields: {keys}; set --label-column)")
+            bad.add(
+                str(path),
+                no,
+                "missing_label",
+                f"no field '{lcol}' (fields: {keys}; set --label-column)",
+            )
             continue
         row = _check_row(str(path), no, obj[tcol], obj.get(lcol), bad, need_label)
         if row:
@@ -161,7 +214,9 @@ def _read_jsonl(path: Path, tcol: str, lcol: str, bad: BadRows, need_label: bool
     return rows
 
 
-def _read_delimited(path: Path, delim: str, tcol: str, lcol: str, bad: BadRows, need_label: bool) -> list[Row]:
+def _read_delimited(
+    path: Path, delim: str, tcol: str, lcol: str, bad: BadRows, need_label: bool
+) -> list[Row]:
     lines = _lines(path, bad)
     line_numbers: list[int] = []
 
@@ -182,7 +237,10 @@ def _read_delimited(path: Path, delim: str, tcol: str, lcol: str, bad: BadRows, 
     if missing:
         raise DataError(
             f"missing column(s) {', '.join(repr(m) for m in missing)}; the header has: "
-            f"{', '.join(header)} (set --text-column / --label-column)", str(path), line_numbers[0] if line_numbers else 1)
+            f"{', '.join(header)} (set --text-column / --label-column)",
+            str(path),
+            line_numbers[0] if line_numbers else 1,
+        )
     ti, li = header.index(tcol), (header.index(lcol) if lcol in header else None)
     rows = []
     while True:
@@ -197,9 +255,16 @@ def _read_delimited(path: Path, delim: str, tcol: str, lcol: str, bad: BadRows, 
         if not rec or all(not c.strip() for c in rec):
             continue
         if len(rec) != len(header):
-            bad.add(str(path), no, "unparseable", f"{len(rec)} fields but the header has {len(header)} (a stray '{delim}' or quote?)")
+            bad.add(
+                str(path),
+                no,
+                "unparseable",
+                f"{len(rec)} fields but the header has {len(header)} (a stray '{delim}' or quote?)",
+            )
             continue
-        row = _check_row(str(path), no, rec[ti], rec[li] if li is not None else None, bad, need_label)
+        row = _check_row(
+            str(path), no, rec[ti], rec[li] if li is not None else None, bad, need_label
+        )
         if row:
             rows.append(row)
     return rows
@@ -221,12 +286,18 @@ def _check_label_types(rows: list[Row], bad: BadRows, path: Path) -> None:
     first = kind(labeled[0])
     for i, r in enumerate(rows):
         if r is not None and r.label is not None and kind(r) != first:
-            bad.add(str(path), r.line, "mixed_label_types",
-                    f"label {r.label!r} is a {kind(r)} but line {labeled[0].line} has a {first} label; use one kind")
+            bad.add(
+                str(path),
+                r.line,
+                "mixed_label_types",
+                f"label {r.label!r} is a {kind(r)} but line {labeled[0].line} has a {first} label; use one kind",
+            )
             rows[i] = None  # type: ignore[call-overload]
 
 
-def read_folder(root: str | Path, categories: list[str] | None, max_files: int | None, bad: BadRows) -> list[Row]:
+def read_folder(
+    root: str | Path, categories: list[str] | None, max_files: int | None, bad: BadRows
+) -> list[Row]:
     """THUCNews layout: ``root/<category>/*.txt``, one document a file, label = folder name."""
     root = Path(root)
     if not root.is_dir():
@@ -235,7 +306,10 @@ def read_folder(root: str | Path, categories: list[str] | None, max_files: int |
     if categories:
         unknown = [c for c in categories if c not in found]
         if unknown:
-            raise DataError(f"categories {unknown} not found; folders here: {', '.join(found) or 'none'}", str(root))
+            raise DataError(
+                f"categories {unknown} not found; folders here: {', '.join(found) or 'none'}",
+                str(root),
+            )
         found = list(categories)
     if not found:
         raise DataError("no category folders (expected DATA_DIR/<category>/*.txt)", str(root))
@@ -260,7 +334,9 @@ def read_folder(root: str | Path, categories: list[str] | None, max_files: int |
     return rows
 
 
-def read_hf_dir(path: str | Path, tcol: str, lcol: str, bad: BadRows) -> tuple[dict[str, list[Row]], list[str] | None]:
+def read_hf_dir(
+    path: str | Path, tcol: str, lcol: str, bad: BadRows
+) -> tuple[dict[str, list[Row]], list[str] | None]:
     """A directory written by ``datasets``' ``save_to_disk`` (Arrow files, no pickle).
 
     Returns rows per split (``validation`` is read as ``dev``) and the ClassLabel names if any.
@@ -281,8 +357,11 @@ def read_hf_dir(path: str | Path, tcol: str, lcol: str, bad: BadRows) -> tuple[d
             continue
         missing = [c for c in (tcol, lcol) if c not in d.column_names]
         if missing:
-            raise DataError(f"split '{split}' has no column(s) {missing}; columns: {', '.join(d.column_names)} "
-                            "(set --text-column / --label-column)", str(path))
+            raise DataError(
+                f"split '{split}' has no column(s) {missing}; columns: {', '.join(d.column_names)} "
+                "(set --text-column / --label-column)",
+                str(path),
+            )
         feat = d.features[lcol]
         if isinstance(feat, ClassLabel):
             names = list(feat.names)

