@@ -150,3 +150,23 @@ def curves_png(
     if handles:
         ax.legend(handles, names, loc="best")
     return _save(fig, path)
+
+
+def training_curves_png(
+    train_loss: tuple[Sequence[float], Sequence[float]],
+    dev_loss: tuple[Sequence[float], Sequence[float]],
+    dev_metric: tuple[Sequence[float], Sequence[float]],
+    path: str | Path,
+    metric_name: str = "macro_f1",
+    title: str = "训练曲线 (training curves)",
+) -> Path:
+    """Train and dev loss (left axis) and a dev metric (right axis) against the epoch."""
+    return curves_png(
+        {"train loss": train_loss, "dev loss": dev_loss},
+        path,
+        xlabel="epoch",
+        ylabel="loss",
+        title=title,
+        secondary={f"dev {metric_name}": dev_metric},
+        secondary_label=f"dev {metric_name}",
+    )

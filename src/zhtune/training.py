@@ -1,0 +1,582 @@
+"""Shared training plumbing for every command built on the Hugging Face ``Trainer``.
+
+``zhtune finetune`` (encoders) and ``zhtune lora`` (decoder LLMs) both use this module, so
+the common settings, losses, metrics, checkpoints and history behave the same everywhere.
+
+API (stable; other commands build on it)
+----------------------------------------
+``TrainingConfig(DataConfig)``
+    The common training settings (learning rate, schedule, epochs, batch size, evaluation
+    interval, early stopping, class weights / focal loss, checkpoints, precision, logging).
+    A command's config inherits from it and adds its own fields (model, LoRA rank, ...).
+``seed_everything(seed)``
+    Python/NumPy/torch seeds; call before building a model with freshly initialised weights.
+``tokenize_split(split, label_map, tokenizer, max_length) -> datasets.Dataset``
+    Columns ``input_ids``, ``attention_mask`` (+ ``token_type_ids`` if the tokenizer gives
+    them), ``labels`` (int ids) and ``length``; no padding (the collator pads per batch).
+``class_weight_tensor(spec, label_ids, n_labels) -> torch.Tensor | None``
+    ``none`` -> None, ``balanced`` -> n / (k * count_c), ``"1,3"`` -> those weights.
+``focal_loss(logits, labels, gamma, weight=None, num_items=None) -> torch.Tensor``
+    ``sum_i w_{y_i} (1 - p_i)^gamma (-log p_i) / N`` with ``N = num_items or len(labels)``;
+    ``gamma=0`` is (weighted) cross-entropy with the same normalisation.
+``make_loss_fn(cfg, weight) -> callable | None``
+    A ``Trainer(compute_loss_func=...)`` for ``cfg.loss`` / ``cfg.class_weights``;
+    None when the model's own (unweighted) cross-entropy is what was asked for.
+``make_compute_metrics(labels) -> callable``
+    ``accuracy``, ``macro_precision``, ``macro_recall``, ``macro_f1`` and ``f1_<label>``.
+``eval_interval(cfg, n_train) -> int`` / ``steps_per_epoch(cfg, n_train) -> int``
+    Optimizer steps between evaluations (``eval_every`` < 1 is a fraction of an epoch).
+``find_checkpoint(ckpt_dir) -> Path | None``
+    Newest *complete* ``checkpoint-N`` (has ``trainer_state.json``, written last by the
+    Trainer, and safetensors weights); half-written ones are skipped.
+``resolve_resume(spec, ckpt_dir) -> Path | None``
+    ``auto`` (newest complete checkpoint, or None), ``none``, or an explicit path (checked).
+``HistoryCallback(path)``
+    Appends every Trainer log (train loss, learning rate, dev metrics) to ``history.jsonl``.
+``run_trainer(model, train_ds, dev_ds, cfg, out, labels, ...) -> TrainResult``
+    Builds ``TrainingArguments`` from ``cfg``, trains (resuming when asked), early-stops,
+    reloads the best checkpoint and returns it with the history; writes
+    ``training_curves.png``. The caller saves the model and scores the test split.
+``free_memory(*objects)``
+    ``del`` + ``gc.collect()`` (+ CUDA cache) between runs in one process.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from zhtune.config import arg, check, validate_choices
+from zhtune.data import DataConfig, LabelMap, Split
+from zhtune.errors import ConfigError, ZhtuneError
+
+log = logging.getLogger("zhtune")
+
+CHECKPOINT_DIR = "checkpoints"
+HISTORY_FILE = "history.jsonl"
+CURVES_FILE = "training_curves.png"
+METRICS_FOR_BEST = ("macro_f1", "accuracy", "macro_precision", "macro_recall", "loss")
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors")
+
+
+@dataclass
+class TrainingConfig(DataConfig):
+    """Settings shared by every Trainer-based command (finetune, lora)."""
+
+    learning_rate: float = arg(2e-5, "peak learning rate of AdamW")
+    lr_scheduler: str = arg(
+        "linear",
+        "learning-rate schedule after warmup",
+        ("linear", "cosine", "constant_with_warmup", "constant"),
+    )
+    warmup_ratio: float = arg(0.06, "share of the optimizer steps used for linear warmup")
+    warmup_steps: int | None = arg(None, "warmup steps; overrides warmup_ratio when given")
+    weight_decay: float = arg(0.01, "AdamW weight decay (not applied to biases and LayerNorm)")
+    num_train_epochs: float = arg(3.0, "number of passes over the training split")
+    max_steps: int | None = arg(None, "stop after this many optimizer steps (overrides epochs)")
+    batch_size: int = arg(32, "training batch size per step (before accumulation)")
+    eval_batch_size: int | None = arg(None, "batch size for dev/test scoring (default 2x)")
+    gradient_accumulation_steps: int = arg(1, "batches accumulated per optimizer step")
+    max_grad_norm: float = arg(1.0, "gradient clipping norm (0 = off)")
+    max_length: int = arg(128, "truncate texts to this many tokens")
+    group_by_length: bool = arg(
+        True, "batch texts of similar length together (less padding, faster on CPU)"
+    )
+    eval_every: float = arg(
+        0.5, "evaluate on dev every N optimizer steps (>= 1) or this fraction of an epoch (< 1)"
+    )
+    metric_for_best: str = arg(
+        "macro_f1", "dev metric that picks the best checkpoint", METRICS_FOR_BEST
+    )
+    patience: int | None = arg(
+        None, "early stopping: stop after this many evaluations without improvement (None = off)"
+    )
+    early_stopping_threshold: float = arg(0.0, "minimum improvement that resets patience")
+    class_weights: str = arg(
+        "none", "class weights in the loss: none, balanced, or a comma list (one per label)"
+    )
+    loss: str = arg("ce", "training loss: cross-entropy or focal", ("ce", "focal"))
+    gamma: float = arg(2.0, "focal loss focusing parameter (loss focal)")
+    save_steps: int | None = arg(
+        None, "write a checkpoint every N steps (default: at every evaluation)"
+    )
+    save_total_limit: int = arg(3, "keep at most this many checkpoints (plus the best)")
+    resume_from_checkpoint: str = arg(
+        "auto", "auto (newest complete checkpoint in out/checkpoints), none, or a checkpoint path"
+    )
+    precision: str = arg(
+        "auto",
+        "auto = fp16/bf16 on a GPU, fp32 on CPU; bf16 on CPU uses autocast",
+        ("auto", "fp32", "bf16", "fp16"),
+    )
+    torch_compile: bool = arg(False, "compile the model with torch.compile")
+    logging_steps: int | None = arg(None, "log the training loss every N steps (default: auto)")
+    report_to: str = arg("tensorboard", "training logs (out/tensorboard)", ("tensorboard", "none"))
+    progress: bool = arg(True, "show progress bars")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        validate_choices(self)
+        check(self.learning_rate > 0, "learning_rate", f"must be > 0, got {self.learning_rate}")
+        check(0 <= self.warmup_ratio < 1, "warmup_ratio", "must be in [0, 1)")
+        check(self.warmup_steps is None or self.warmup_steps >= 0, "warmup_steps", "must be >= 0")
+        check(self.weight_decay >= 0, "weight_decay", "must be >= 0")
+        check(self.num_train_epochs > 0, "num_train_epochs", "must be > 0")
+        check(self.max_steps is None or self.max_steps > 0, "max_steps", "must be > 0")
+        check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        check(
+            self.eval_batch_size is None or self.eval_batch_size >= 1,
+            "eval_batch_size",
+            "must be >= 1",
+        )
+        check(self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps", "must be >= 1")
+        check(self.max_grad_norm >= 0, "max_grad_norm", "must be >= 0")
+        check(8 <= self.max_length <= 8192, "max_length", "must be between 8 and 8192")
+        check(
+            self.eval_every > 0 and (self.eval_every < 1 or float(self.eval_every).is_integer()),
+            "eval_every",
+            f"must be a whole number of steps >= 1 or a fraction of an epoch in (0, 1), got {self.eval_every}",
+        )
+        check(self.patience is None or self.patience >= 1, "patience", "must be >= 1 (or None)")
+        check(self.gamma >= 0, "gamma", f"must be >= 0, got {self.gamma}")
+        check(self.save_steps is None or self.save_steps >= 1, "save_steps", "must be >= 1")
+        check(self.save_total_limit >= 1, "save_total_limit", "must be >= 1")
+        check(
+            self.logging_steps is None or self.logging_steps >= 1, "logging_steps", "must be >= 1"
+        )
+        parse_class_weights(self.class_weights)  # syntax only; the count is checked with labels
+
+    @property
+    def eval_bs(self) -> int:
+        return self.eval_batch_size or 2 * self.batch_size
+
+
+# --- small helpers -----------------------------------------------------------------------
+def seed_everything(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def has_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def free_memory(*objects: Any) -> None:
+    """Drop references and collect, so the next run in this process starts clean."""
+    for o in objects:
+        del o
+    gc.collect()
+    if has_gpu():
+        import torch
+
+        torch.cuda.empty_cache()
+
+
+def count_parameters(model: Any) -> int:
+    return int(sum(p.numel() for p in model.parameters()))
+
+
+def tokenize_split(split: Split, label_map: LabelMap, tokenizer: Any, max_length: int):
+    """A ``datasets.Dataset`` of token ids (unpadded), ``labels`` and ``length``."""
+    import datasets
+
+    enc = tokenizer(split.texts, truncation=True, max_length=max_length)
+    cols = {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
+    cols["labels"] = split.label_ids(label_map)
+    cols["length"] = [len(x) for x in enc["input_ids"]]
+    return datasets.Dataset.from_dict(cols)
+
+
+# --- losses ------------------------------------------------------------------------------
+def parse_class_weights(spec: str) -> str | list[float]:
+    """``none`` / ``balanced`` / a list of positive floats; one-line ConfigError otherwise."""
+    s = (spec or "none").strip().lower()
+    if s in ("none", "balanced"):
+        return s
+    try:
+        weights = [float(x) for x in s.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(
+            f"config field 'class_weights': {spec!r} is not none, balanced or a comma list of numbers"
+        ) from None
+    check(
+        bool(weights) and all(w > 0 for w in weights),
+        "class_weights",
+        f"weights must be positive numbers, got {spec!r}",
+    )
+    return weights
+
+
+def class_weight_tensor(spec: str, label_ids: Sequence[int], n_labels: int):
+    """Per-class loss weights as a float tensor, or None for ``none``."""
+    import torch
+
+    parsed = parse_class_weights(spec)
+    if parsed == "none":
+        return None
+    if parsed == "balanced":
+        counts = np.bincount(np.asarray(label_ids), minlength=n_labels).astype(np.float64)
+        counts[counts == 0] = 1.0
+        w = len(label_ids) / (n_labels * counts)
+    else:
+        check(
+            len(parsed) == n_labels,
+            "class_weights",
+            f"got {len(parsed)} weights for {n_labels} labels",
+        )
+        w = np.asarray(parsed, dtype=np.float64)
+    return torch.tensor(w, dtype=torch.float32)
+
+
+def focal_loss(logits, labels, gamma: float = 2.0, weight=None, num_items: Any = None):
+    """Focal loss (Lin et al. 2017): ``sum_i w_{y_i} (1 - p_i)^gamma (-log p_i) / N``.
+
+    logits (B, C), labels (B,), weight (C,) or None; ``N = num_items`` (the number of examples
+    in the whole accumulated batch, as the Trainer passes it) or ``B``."""
+    import torch
+    import torch.nn.functional as F
+
+    logp = F.log_softmax(logits.float(), dim=-1)  # (B, C)
+    logp_y = logp.gather(1, labels.view(-1, 1)).squeeze(1)  # (B,)
+    per_example = -logp_y
+    if gamma:
+        per_example = per_example * (1 - logp_y.exp()).clamp(min=0).pow(gamma)
+    if weight is not None:
+        per_example = per_example * weight.to(logits.device)[labels]
+    n = num_items if num_items is not None else labels.numel()
+    if isinstance(n, torch.Tensor):
+        n = n.to(per_example.device)
+    return per_example.sum() / n
+
+
+def make_loss_fn(cfg: TrainingConfig, weight=None) -> Callable | None:
+    """``compute_loss_func`` for the Trainer, or None for the model's plain cross-entropy."""
+    if cfg.loss == "ce" and weight is None:
+        return None
+    gamma = cfg.gamma if cfg.loss == "focal" else 0.0
+
+    def compute_loss(outputs, labels, num_items_in_batch=None):
+        logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+        return focal_loss(logits, labels, gamma, weight, num_items_in_batch)
+
+    return compute_loss
+
+
+# --- metrics -----------------------------------------------------------------------------
+def make_compute_metrics(labels: Sequence[str]) -> Callable:
+    from sklearn.metrics import accuracy_score, precision_recall_fscore_support
+
+    ids = list(range(len(labels)))
+
+    def compute(pred) -> dict[str, float]:
+        logits = pred.predictions[0] if isinstance(pred.predictions, tuple) else pred.predictions
+        y_pred = np.asarray(logits).argmax(-1)
+        y = np.asarray(pred.label_ids)
+        p, r, f, _ = precision_recall_fscore_support(
+            y, y_pred, labels=ids, average="macro", zero_division=0
+        )
+        out = {
+            "accuracy": float(accuracy_score(y, y_pred)),
+            "macro_precision": float(p),
+            "macro_recall": float(r),
+            "macro_f1": float(f),
+        }
+        _, _, per, _ = precision_recall_fscore_support(
+            y, y_pred, labels=ids, average=None, zero_division=0
+        )
+        out.update({f"f1_{name}": float(v) for name, v in zip(labels, per, strict=True)})
+        return out
+
+    return compute
+
+
+# --- steps -------------------------------------------------------------------------------
+def steps_per_epoch(cfg: TrainingConfig, n_train: int) -> int:
+    return max(1, math.ceil(math.ceil(n_train / cfg.batch_size) / cfg.gradient_accumulation_steps))
+
+
+def total_steps(cfg: TrainingConfig, n_train: int) -> int:
+    if cfg.max_steps:
+        return cfg.max_steps
+    return max(1, math.ceil(steps_per_epoch(cfg, n_train) * cfg.num_train_epochs))
+
+
+def eval_interval(cfg: TrainingConfig, n_train: int) -> int:
+    """Optimizer steps between dev evaluations."""
+    if cfg.eval_every >= 1:
+        return int(cfg.eval_every)
+    return max(1, round(cfg.eval_every * steps_per_epoch(cfg, n_train)))
+
+
+# --- checkpoints -------------------------------------------------------------------------
+def _step_of(p: Path) -> int:
+    try:
+        return int(p.name.rsplit("-", 1)[1])
+    except (IndexError, ValueError):
+        return -1
+
+
+def is_complete_checkpoint(p: Path) -> bool:
+    return (p / "trainer_state.json").is_file() and any((p / f).is_file() for f in WEIGHT_FILES)
+
+
+def find_checkpoint(ckpt_dir: str | Path) -> Path | None:
+    """The newest complete ``checkpoint-N`` directory, or None."""
+    d = Path(ckpt_dir)
+    if not d.is_dir():
+        return None
+    cands = [p for p in d.glob("checkpoint-*") if p.is_dir() and _step_of(p) >= 0]
+    for p in sorted(cands, key=_step_of, reverse=True):
+        if is_complete_checkpoint(p):
+            return p
+        log.warning("skipping incomplete checkpoint %s", p)
+    return None
+
+
+def resolve_resume(spec: str, ckpt_dir: str | Path) -> Path | None:
+    s = (spec or "none").strip()
+    if s.lower() == "none":
+        return None
+    if s.lower() == "auto":
+        return find_checkpoint(ckpt_dir)
+    p = Path(s)
+    if not p.is_dir():
+        raise ZhtuneError(f"resume_from_checkpoint: {p} is not a directory")
+    if not is_complete_checkpoint(p):
+        raise ZhtuneError(
+            f"resume_from_checkpoint: {p} is not a complete checkpoint "
+            "(needs trainer_state.json and *.safetensors weights)"
+        )
+    return p
+
+
+# --- history -----------------------------------------------------------------------------
+def read_history(path: str | Path) -> list[dict]:
+    p = Path(path)
+    if not p.is_file():
+        return []
+    return [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line]
+
+
+def _truncate_history(path: Path, step: int | None) -> None:
+    """Keep the rows logged up to ``step`` (resume) or none (fresh start)."""
+    rows = [r for r in read_history(path) if step is not None and r.get("step", 0) <= step]
+    path.write_text(
+        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8"
+    )
+
+
+class _Callbacks:
+    """Lazily built TrainerCallback subclasses (transformers is imported on first use)."""
+
+    @staticmethod
+    def history(path: Path):
+        from transformers import TrainerCallback
+
+        class HistoryCallback(TrainerCallback):
+            """Append each Trainer log as one JSON line: kind train / eval / summary."""
+
+            def on_log(self, args, state, control, logs=None, **kw):
+                logs = dict(logs or {})
+                kind = (
+                    "eval"
+                    if any(k.startswith("eval_") for k in logs)
+                    else ("summary" if "train_runtime" in logs else "train")
+                )
+                row = {"kind": kind, "step": state.global_step, "epoch": state.epoch, **logs}
+                with path.open("a", encoding="utf-8") as fh:
+                    fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+        return HistoryCallback()
+
+
+def HistoryCallback(path: str | Path):  # noqa: N802 - reads like the class it returns
+    return _Callbacks.history(Path(path))
+
+
+# --- the training run --------------------------------------------------------------------
+@dataclass
+class TrainResult:
+    model: Any
+    global_step: int
+    best_checkpoint: str | None
+    best_metric: float | None
+    train_seconds: float
+    stopped_early: bool
+    resumed_from: str | None
+    history: list[dict] = field(default_factory=list)
+
+
+def precision_flags(cfg: TrainingConfig) -> dict[str, bool]:
+    import torch
+
+    gpu = has_gpu()
+    p = cfg.precision
+    if p == "auto":
+        if not gpu:
+            return {"bf16": False, "fp16": False}
+        p = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if p == "fp16" and not gpu:
+        raise ConfigError("config field 'precision': fp16 needs a GPU; use bf16 or fp32 on CPU")
+    return {"bf16": p == "bf16", "fp16": p == "fp16"}
+
+
+def build_training_args(cfg: TrainingConfig, out: Path, n_train: int):
+    from transformers import TrainingArguments
+
+    every = eval_interval(cfg, n_train)
+    save = cfg.save_steps or every
+    if save % every:
+        save = math.ceil(save / every) * every
+        log.info("save_steps rounded up to %d (a multiple of the evaluation interval)", save)
+    total = total_steps(cfg, n_train)
+    warmup = (
+        cfg.warmup_steps if cfg.warmup_steps is not None else math.ceil(cfg.warmup_ratio * total)
+    )
+    logging_steps = cfg.logging_steps or max(1, min(every, steps_per_epoch(cfg, n_train) // 20))
+    return TrainingArguments(
+        output_dir=str(out / CHECKPOINT_DIR),
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler,
+        warmup_steps=warmup,
+        weight_decay=cfg.weight_decay,
+        optim="adamw_torch",
+        num_train_epochs=cfg.num_train_epochs,
+        max_steps=cfg.max_steps or -1,
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.eval_bs,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        max_grad_norm=cfg.max_grad_norm,
+        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
+        eval_strategy="steps",
+        eval_steps=every,
+        save_strategy="steps",
+        save_steps=save,
+        save_total_limit=cfg.save_total_limit,
+        load_best_model_at_end=True,
+        metric_for_best_model=cfg.metric_for_best,
+        greater_is_better=cfg.metric_for_best != "loss",
+        logging_strategy="steps",
+        logging_steps=logging_steps,
+        report_to="none",  # TensorBoard is added as a callback with a fixed log dir
+        disable_tqdm=not cfg.progress,
+        seed=cfg.seed,
+        use_cpu=not has_gpu(),
+        dataloader_pin_memory=has_gpu(),
+        torch_compile=cfg.torch_compile,
+        **precision_flags(cfg),
+    )
+
+
+def run_trainer(
+    model: Any,
+    train_ds: Any,
+    dev_ds: Any,
+    cfg: TrainingConfig,
+    out: str | Path,
+    labels: Sequence[str],
+    *,
+    tokenizer: Any = None,
+    data_collator: Any = None,
+    callbacks: Sequence[Any] = (),
+    loss_fn: Callable | None | str = "auto",
+) -> TrainResult:
+    """Train ``model`` with the Trainer; return it with the best dev checkpoint loaded.
+
+    ``train_ds`` / ``dev_ds`` come from :func:`tokenize_split` (or have ``labels`` and the
+    model's input columns). ``loss_fn="auto"`` builds the loss from ``cfg``; pass None for
+    the model's own loss or your own ``compute_loss_func``. Writes ``history.jsonl``,
+    TensorBoard logs in ``out/tensorboard`` and ``training_curves.png`` into ``out``."""
+    from transformers import DataCollatorWithPadding, EarlyStoppingCallback, Trainer
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    n_train = len(train_ds)
+    if n_train == 0:
+        raise ZhtuneError("the training split is empty")
+    args = build_training_args(cfg, out, n_train)
+    if loss_fn == "auto":
+        weight = class_weight_tensor(cfg.class_weights, train_ds["labels"], len(labels))
+        loss_fn = make_loss_fn(cfg, weight)
+    if data_collator is None:
+        if tokenizer is None:
+            raise ValueError("run_trainer needs a tokenizer or a data_collator")
+        data_collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8)
+    history_path = out / HISTORY_FILE
+    resume = resolve_resume(cfg.resume_from_checkpoint, out / CHECKPOINT_DIR)
+    resume_step = None
+    if resume is not None:
+        state = json.loads((resume / "trainer_state.json").read_text(encoding="utf-8"))
+        resume_step = int(state.get("global_step", 0))
+        log.info("resuming from %s (step %d)", resume, resume_step)
+    _truncate_history(history_path, resume_step)
+    cbs = [HistoryCallback(history_path), *callbacks]
+    if cfg.patience:
+        cbs.append(EarlyStoppingCallback(cfg.patience, cfg.early_stopping_threshold))
+    if cfg.report_to == "tensorboard":
+        from torch.utils.tensorboard import SummaryWriter
+        from transformers.integrations import TensorBoardCallback
+
+        cbs.append(TensorBoardCallback(SummaryWriter(log_dir=str(out / "tensorboard"))))
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=dev_ds,
+        data_collator=data_collator,
+        compute_metrics=make_compute_metrics(labels),
+        compute_loss_func=loss_fn,
+        callbacks=cbs,
+    )
+    t = time.perf_counter()
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    seconds = time.perf_counter() - t
+    state = trainer.state
+    expected = total_steps(cfg, n_train)
+    result = TrainResult(
+        model=trainer.model,
+        global_step=state.global_step,
+        best_checkpoint=state.best_model_checkpoint,
+        best_metric=state.best_metric,
+        train_seconds=seconds,
+        stopped_early=bool(cfg.patience) and state.global_step < expected,
+        resumed_from=str(resume) if resume else None,
+        history=read_history(history_path),
+    )
+    for cb in cbs:
+        if hasattr(cb, "tb_writer") and cb.tb_writer is not None:
+            cb.tb_writer.close()
+    free_memory(trainer)
+    write_training_curves(result.history, out / CURVES_FILE, cfg.metric_for_best)
+    return result
+
+
+def write_training_curves(history: list[dict], path: Path, metric: str = "macro_f1") -> Path:
+    """Train and dev loss and the dev metric against the epoch (``zhtune.plots``)."""
+    from zhtune.plots import training_curves_png
+
+    train = [r for r in history if r.get("kind") == "train" and "loss" in r]
+    dev = [r for r in history if r.get("kind") == "eval"]
+    key = "eval_macro_f1" if metric == "loss" else f"eval_{metric}"
+    return training_curves_png(
+        train_loss=([r["epoch"] for r in train], [r["loss"] for r in train]),
+        dev_loss=([r["epoch"] for r in dev], [r.get("eval_loss", float("nan")) for r in dev]),
+        dev_metric=([r["epoch"] for r in dev], [r.get(key, float("nan")) for r in dev]),
+        metric_name=key.removeprefix("eval_"),
+        path=path,
+    )
