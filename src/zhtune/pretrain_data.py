@@ -1,0 +1,303 @@
+"""The pretraining corpus: read texts, tokenize with jieba word ids, chunk, deduplicate, cache.
+
+Sources (any mix): built-in datasets (all texts of all splits), a folder-per-class tree
+(labels ignored) and plain ``.txt`` files (one text a line). Every document is tokenized
+once (WordPiece ids plus the jieba word of every token), split into chunks of at most
+``max_seq_length`` tokens (``[CLS] ... [SEP]``; cuts fall between words where possible),
+and chunks that are empty or exact duplicates are dropped and counted. The result is
+cached as ``.npz`` (numpy, no pickle), keyed by the texts, the tokenizer and the length.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from zhtune.data.builtin import load_builtin
+from zhtune.data.readers import BadRows, read_file, read_folder
+
+log = logging.getLogger("zhtune")
+CACHE_VERSION = 1
+
+
+@dataclass
+class Chunks:
+    """Token chunks stored flat: chunk i is ``ids[starts[i]:starts[i+1]]``."""
+
+    ids: np.ndarray  # (N_tokens,) int32, [CLS] body [SEP] per chunk
+    wids: np.ndarray  # (N_tokens,) int32, word id within the chunk, -1 = special token
+    starts: np.ndarray  # (N_chunks + 1,) int64
+
+    def __len__(self) -> int:
+        return len(self.starts) - 1
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.starts)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        s, e = self.starts[i], self.starts[i + 1]
+        return self.ids[s:e], self.wids[s:e]
+
+    def subset(self, index: np.ndarray) -> Chunks:
+        parts = [
+            (self.ids[s:e], self.wids[s:e])
+            for s, e in ((self.starts[i], self.starts[i + 1]) for i in index)
+        ]
+        return Chunks.from_list(parts)
+
+    @staticmethod
+    def from_list(parts: list[tuple[np.ndarray, np.ndarray]]) -> Chunks:
+        starts = np.zeros(len(parts) + 1, dtype=np.int64)
+        starts[1:] = np.cumsum([len(p[0]) for p in parts])
+        cat = (lambda k: np.concatenate([p[k] for p in parts]).astype(np.int32)) if parts else None
+        empty = np.zeros(0, dtype=np.int32)
+        return Chunks(cat(0) if parts else empty, cat(1) if parts else empty, starts)
+
+
+# --- reading ------------------------------------------------------------------------------
+def collect_texts(cfg: Any) -> tuple[list[str], dict]:
+    """All texts from the configured sources, in a fixed order, and a per-source report."""
+    texts: list[str] = []
+    sources: dict[str, int] = {}
+    bad = BadRows(mode="skip")
+    for name in cfg.dataset or []:
+        splits, _, _ = load_builtin(name)
+        got = [r.text for split in ("train", "dev", "test") for r in splits.get(split, [])]
+        sources[f"dataset:{name}"] = len(got)
+        texts += got
+    if cfg.data_dir:
+        rows = read_folder(cfg.data_dir, cfg.categories, cfg.max_files_per_category, bad)
+        sources[f"data_dir:{cfg.data_dir}"] = len(rows)
+        texts += [r.text for r in rows]
+    for path in cfg.text_files or []:
+        rows = read_file(path, bad=bad, fmt="txt", need_label=False)
+        sources[f"file:{path}"] = len(rows)
+        texts += [r.text for r in rows]
+    return texts, {"texts_per_source": sources, "texts": len(texts), "bad_rows": bad.summary()}
+
+
+# --- tokenizing and chunking --------------------------------------------------------------
+def tokenize_doc(text: str, tokenizer) -> tuple[np.ndarray, np.ndarray]:
+    """WordPiece ids (no special tokens) and the jieba word index of every token."""
+    from zhtune.text import word_ids_from_offsets, word_spans
+
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+    wids = word_ids_from_offsets(enc["offset_mapping"], word_spans(text))
+    return (
+        np.asarray(enc["input_ids"], dtype=np.int32),
+        np.asarray([-1 if w is None else w for w in wids], dtype=np.int64),
+    )
+
+
+def chunk_spans(wids: np.ndarray, body: int) -> list[tuple[int, int]]:
+    """Cut a document of ``len(wids)`` tokens into spans of at most ``body`` tokens.
+
+    A cut that would split a word moves back to the word's start (unless the word alone is
+    longer than ``body``).
+    """
+    spans, start, n = [], 0, len(wids)
+    while start < n:
+        end = min(start + body, n)
+        if end < n and wids[end] >= 0 and wids[end] == wids[end - 1]:
+            s = end - 1
+            while s > start and wids[s - 1] == wids[end]:
+                s -= 1
+            if s > start:
+                end = s
+        spans.append((start, end))
+        start = end
+    return spans
+
+
+def chunk_doc(
+    ids: np.ndarray, wids: np.ndarray, max_seq_length: int, cls_id: int, sep_id: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``[CLS] body [SEP]`` chunks with word ids renumbered per chunk (-1 at CLS/SEP)."""
+    from zhtune.masking import compact_word_ids
+
+    out = []
+    for s, e in chunk_spans(wids, max_seq_length - 2):
+        w = compact_word_ids(wids[s:e])
+        out.append(
+            (
+                np.concatenate([[cls_id], ids[s:e], [sep_id]]).astype(np.int32),
+                np.concatenate([[-1], w, [-1]]).astype(np.int32),
+            )
+        )
+    return out
+
+
+_worker_tok = None
+
+
+def _init_worker(tokenizer_path: str | None) -> None:
+    global _worker_tok
+    from zhtune.text import load_tokenizer
+
+    _worker_tok = load_tokenizer(tokenizer_path)
+
+
+def _tokenize_in_worker(text: str) -> tuple[np.ndarray, np.ndarray]:
+    return tokenize_doc(text, _worker_tok)
+
+
+def build_chunks(texts: list[str], tokenizer, cfg: Any) -> tuple[Chunks, dict[str, int]]:
+    """Tokenize, chunk and deduplicate; returns the chunks and the drop counts."""
+    from tqdm.auto import tqdm
+
+    if cfg.num_workers > 0:
+        import multiprocessing as mp
+
+        pool = mp.get_context("fork").Pool(
+            cfg.num_workers, initializer=_init_worker, initargs=(cfg.tokenizer_path,)
+        )
+        docs = pool.imap(_tokenize_in_worker, texts, chunksize=16)
+    else:
+        pool = None
+        docs = (tokenize_doc(t, tokenizer) for t in texts)
+    seen: set[bytes] = set()
+    parts: list[tuple[np.ndarray, np.ndarray]] = []
+    empty = dup = 0
+    try:
+        for ids, wids in tqdm(docs, total=len(texts), desc="tokenizing (jieba)", disable=None):
+            if len(ids) == 0:
+                empty += 1
+                continue
+            for chunk in chunk_doc(
+                ids, wids, cfg.max_seq_length, tokenizer.cls_token_id, tokenizer.sep_token_id
+            ):
+                key = chunk[0].tobytes()
+                if key in seen:
+                    dup += 1
+                    continue
+                seen.add(key)
+                parts.append(chunk)
+    finally:
+        if pool is not None:
+            pool.close()
+            pool.join()
+    return Chunks.from_list(parts), {"empty_chunks_dropped": empty, "duplicate_chunks_dropped": dup}
+
+
+# --- cache --------------------------------------------------------------------------------
+def cache_key(texts: list[str], tokenizer, max_seq_length: int) -> str:
+    h = hashlib.sha256()
+    vocab = sorted(tokenizer.get_vocab().items())
+    h.update(json.dumps([CACHE_VERSION, max_seq_length, vocab], ensure_ascii=False).encode())
+    h.update(type(tokenizer).__name__.encode())
+    for t in texts:
+        h.update(t.encode("utf-8"))
+        h.update(b"\x00")
+    return h.hexdigest()[:24]
+
+
+def resolve_cache_dir(cache_dir: str | None) -> Path | None:
+    if cache_dir in (None, "", "none"):
+        return None
+    if cache_dir == "auto":
+        base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        return Path(base) / "zhtune" / "pretrain-corpus"
+    return Path(cache_dir)
+
+
+def _load_cached(path: Path) -> tuple[Chunks, dict] | None:
+    meta = path.with_suffix(".json")
+    if not (path.is_file() and meta.is_file()):
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            chunks = Chunks(z["ids"], z["wids"], z["starts"])
+        return chunks, json.loads(meta.read_text(encoding="utf-8"))
+    except (OSError, ValueError, KeyError) as e:
+        log.warning("ignoring a broken corpus cache %s (%s)", path, e)
+        return None
+
+
+def _save_cached(path: Path, chunks: Chunks, stats: dict) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        with tmp.open("wb") as fh:
+            np.savez(fh, ids=chunks.ids, wids=chunks.wids, starts=chunks.starts)
+        os.replace(tmp, path)
+        path.with_suffix(".json").write_text(json.dumps(stats), encoding="utf-8")
+    except OSError as e:
+        log.warning("cannot write the corpus cache %s (%s); continuing without it", path, e)
+
+
+# --- the corpus ---------------------------------------------------------------------------
+def load_corpus(cfg: Any, tokenizer) -> tuple[Chunks, Chunks, dict]:
+    """Train and held-out chunks (a seeded random share ``eval_ratio``) and the data report."""
+    t0 = time.perf_counter()
+    texts, report = collect_texts(cfg)
+    key = cache_key(texts, tokenizer, cfg.max_seq_length)
+    cache_dir = resolve_cache_dir(cfg.cache_dir)
+    path = cache_dir / f"chunks-{key}.npz" if cache_dir else None
+    cached = _load_cached(path) if path else None
+    if cached:
+        chunks, stats = cached
+        report["cache"] = f"hit ({path})"
+    else:
+        chunks, stats = build_chunks(texts, tokenizer, cfg)
+        if path:
+            _save_cached(path, chunks, stats)
+        report["cache"] = f"written ({path})" if path else "off"
+    n = len(chunks)
+    n_eval = 0
+    if n >= 2 and cfg.eval_ratio > 0:
+        n_eval = min(cfg.max_eval_chunks, max(1, round(n * cfg.eval_ratio)), n - 1)
+    perm = np.random.default_rng(cfg.seed).permutation(n)
+    eval_chunks = chunks.subset(np.sort(perm[:n_eval]))
+    train_chunks = chunks.subset(np.sort(perm[n_eval:]))
+    report.update(stats)
+    report.update(
+        {
+            "corpus_key": key,
+            "chunks_kept": n,
+            "train_chunks": len(train_chunks),
+            "eval_chunks": len(eval_chunks),
+            "train_tokens": int(train_chunks.lengths.sum()),
+            "eval_tokens": int(eval_chunks.lengths.sum()),
+            "max_seq_length": cfg.max_seq_length,
+            "seconds": round(time.perf_counter() - t0, 2),
+        }
+    )
+    return train_chunks, eval_chunks, report
+
+
+def batch_order(
+    lengths: np.ndarray, batch_size: int, seed: int, epoch: int, group_by_length: bool = True
+) -> list[np.ndarray]:
+    """The batches of one epoch (chunk indices), a pure function of ``(seed, epoch)``.
+
+    With ``group_by_length`` the shuffled chunks are sorted by length inside windows of 50
+    batches and the batches shuffled again, so a batch holds chunks of similar length (less
+    padding) while the order stays random.
+    """
+    rng = np.random.default_rng([seed, epoch])
+    idx = rng.permutation(len(lengths))
+    if group_by_length:
+        window = batch_size * 50
+        idx = (
+            np.concatenate(
+                [
+                    w[np.argsort(-lengths[w], kind="stable")]
+                    for w in np.array_split(idx, max(1, -(-len(idx) // window)))
+                ]
+            )
+            if len(idx)
+            else idx
+        )
+    batches = [idx[i : i + batch_size] for i in range(0, len(idx), batch_size)]
+    if group_by_length:
+        batches = [batches[i] for i in rng.permutation(len(batches))]
+    return batches
