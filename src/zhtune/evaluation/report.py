@@ -1,0 +1,303 @@
+"""One self-contained HTML page (figures embedded as base64 PNG) for one or more evaluations.
+
+``build_report(entries, out_dir, title) -> Path`` writes ``out_dir/report.html``. An entry is
+an ``evaluate`` output directory, or a dict with ``eval_dir`` (the rows returned by
+``evaluate_model`` and ``compare_runs``). The page opens from disk: no script, no network.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from zhtune.errors import ZhtuneError
+
+FIGURES = [
+    ("confusion_matrix.png", "混淆矩阵 confusion matrix"),
+    ("reliability.png", "可靠性图 reliability diagram"),
+    ("robustness.png", "鲁棒性 robustness"),
+    ("confidence_hist.png", "置信度分布 confidence histogram"),
+    ("coverage.png", "覆盖率-准确率 accuracy vs coverage"),
+    ("per_class.png", "各类别指标 per class"),
+]
+
+CSS = """
+body{font-family:"Noto Sans CJK SC","WenQuanYi Micro Hei","PingFang SC","Microsoft YaHei",
+ sans-serif;margin:24px auto;max-width:1200px;padding:0 16px;color:#222;line-height:1.45}
+h1{font-size:1.6em;margin-bottom:4px} h2{border-bottom:2px solid #ddd;padding-bottom:4px;
+ margin-top:40px} h3{margin-top:24px}
+table{border-collapse:collapse;margin:8px 0 16px;font-size:.92em}
+th,td{border:1px solid #ccc;padding:4px 8px;text-align:right;vertical-align:top}
+th{background:#f2f4f7} td.t,th.t{text-align:left;max-width:520px;word-break:break-all}
+table#headline td.best{font-weight:bold;background:#e6f4ea}
+.figs{display:flex;flex-wrap:wrap;gap:12px} .figs figure{margin:0;flex:1 1 460px}
+.figs img{max-width:100%;border:1px solid #eee} figcaption{font-size:.85em;color:#555}
+.muted{color:#666;font-size:.9em} .err{color:#b00020}
+"""
+
+HEADLINE = [
+    ("name", "model", "t"),
+    ("kind", "kind", "t"),
+    ("accuracy", "accuracy", "max"),
+    ("macro_f1", "macro-F1", "max"),
+    ("ece", "ECE", "min"),
+    ("ece_calibrated", "ECE (T-scaled)", "min"),
+    ("temperature", "T", ""),
+    ("robustness_score", "robustness", "max"),
+    ("parameters", "parameters", ""),
+    ("model_bytes", "size", ""),
+    ("texts_per_second", "texts/s (CPU)", "max"),
+]
+
+
+def _read_json(path: Path) -> dict | list | None:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def _read_jsonl(path: Path, limit: int) -> list[dict]:
+    rows: list[dict] = []
+    if path.is_file():
+        with path.open(encoding="utf-8") as fh:
+            for line in fh:
+                if len(rows) >= limit:
+                    break
+                if line.strip():
+                    rows.append(json.loads(line))
+    return rows
+
+
+def load_entry(entry: dict | str | Path, n_errors: int = 10) -> dict:
+    """Everything the report shows for one evaluation directory."""
+    row = dict(entry) if isinstance(entry, dict) else {}
+    d = Path(row.get("eval_dir") or (entry if not isinstance(entry, dict) else ""))
+    if not d or not (d / "metrics.json").is_file():
+        raise ZhtuneError(
+            f"{d}: not an evaluation directory (no metrics.json); run zhtune evaluate"
+        )
+    if not row:
+        row = _read_json(d / "summary.json") or {}
+    row.setdefault("eval_dir", str(d))
+    return {
+        "row": row,
+        "dir": d,
+        "metrics": _read_json(d / "metrics.json") or {},
+        "confidence": _read_json(d / "confidence.json"),
+        "robustness": _read_json(d / "robustness.json"),
+        "errors": _read_jsonl(d / "errors.jsonl", n_errors),
+    }
+
+
+def _fmt(v: object, key: str = "") -> str:
+    if v is None:
+        return "–"
+    if key == "model_bytes" and isinstance(v, int | float):
+        for unit in ("B", "KB", "MB", "GB"):
+            if v < 1024 or unit == "GB":
+                return f"{v:.0f} {unit}" if unit == "B" else f"{v:.1f} {unit}"
+            v /= 1024
+    if key == "parameters" and isinstance(v, int | float):
+        return f"{v / 1e6:.2f}M" if v >= 1e5 else f"{int(v):,}"
+    if key == "texts_per_second" and isinstance(v, int | float):
+        return f"{v:,.0f}"
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    return str(v)
+
+
+def _e(v: object, key: str = "") -> str:
+    return html.escape(_fmt(v, key))
+
+
+def _img(path: Path, alt: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], cls: str = "") -> str:
+    """``rows`` hold already-escaped HTML cells; a cell starting with '<td' is used as is."""
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = "".join(
+        "<tr>" + "".join(c if c.startswith("<td") else f"<td>{c}</td>" for c in r) + "</tr>"
+        for r in rows
+    )
+    attr = f' class="{cls}"' if cls else ""
+    return f"<table{attr}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _headline(rows: list[dict]) -> str:
+    best: dict[str, object] = {}
+    for key, _, how in HEADLINE:
+        vals = [r.get(key) for r in rows if isinstance(r.get(key), int | float)]
+        if how in ("max", "min") and len(vals) > 1:
+            best[key] = max(vals) if how == "max" else min(vals)
+    head = "".join(f"<th>{html.escape(h)}</th>" for _, h, _ in HEADLINE)
+    body = []
+    for r in rows:
+        cells = []
+        for key, _, how in HEADLINE:
+            cls = []
+            if how == "t":
+                cls.append("t")
+            if key in best and r.get(key) == best[key]:
+                cls.append("best")
+            c = f' class="{" ".join(cls)}"' if cls else ""
+            text = _e(r.get(key), key)
+            if key == "name":
+                text = f'<a href="#m{len(body)}">{text}</a>'
+            cells.append(f"<td{c}>{text}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return (
+        f'<table id="headline"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+    )
+
+
+def _model_section(i: int, e: dict) -> str:
+    row, m, conf, rob = e["row"], e["metrics"], e["confidence"], e["robustness"]
+    name = row.get("name") or m.get("model") or f"model {i + 1}"
+    parts = [f'<section id="m{i}"><h2>{html.escape(str(name))}</h2>']
+    parts.append(
+        f'<p class="muted">{html.escape(str(m.get("model", "")))} · kind '
+        f"{html.escape(str(m.get('kind', '')))} · {m.get('n', '')} {html.escape(str(m.get('split', '')))} rows</p>"
+    )
+    keys = [
+        ("accuracy", "accuracy"),
+        ("macro_precision", "macro precision"),
+        ("macro_recall", "macro recall"),
+        ("macro_f1", "macro F1"),
+        ("weighted_precision", "weighted precision"),
+        ("weighted_recall", "weighted recall"),
+        ("weighted_f1", "weighted F1"),
+        ("roc_auc", "ROC-AUC"),
+        ("log_loss", "log loss"),
+    ]
+    metric_rows = [[html.escape(h), _e(m.get(k))] for k, h in keys]
+    if conf:
+        ab = conf.get("abstain", {})
+        metric_rows += [
+            ["average confidence", _e(conf.get("average_confidence"))],
+            ["share of confidence &gt; 0.9", _e(conf.get("share_above_0.9"))],
+            [f"ECE ({conf.get('n_bins')} bins)", _e(conf.get("ece"))],
+            [f"temperature (fitted on {conf.get('fit_split')})", _e(conf.get("temperature"))],
+            ["ECE after temperature scaling", _e(conf.get("ece_calibrated"))],
+            [
+                f"threshold for accuracy ≥ {conf.get('target_accuracy')}",
+                _e(ab.get("threshold"))
+                + (f" (answers {ab['coverage']:.1%})" if ab.get("threshold") is not None else ""),
+            ],
+        ]
+    if rob:
+        metric_rows.append(["robustness score", _e(rob.get("robustness_score"))])
+    parts.append('<div class="figs"><div>')
+    parts.append(_table(["metric", "value"], metric_rows))
+    per_class = m.get("per_class", {})
+    parts.append(
+        _table(
+            ["class", "precision", "recall", "F1", "support"],
+            [
+                [f'<td class="t">{html.escape(c)}</td>']
+                + [_e(v[k]) for k in ("precision", "recall", "f1", "support")]
+                for c, v in per_class.items()
+            ],
+        )
+    )
+    parts.append("</div></div>")
+    figs = [
+        f"<figure>{_img(e['dir'] / f, cap)}<figcaption>{html.escape(cap)}</figcaption></figure>"
+        for f, cap in FIGURES
+        if (e["dir"] / f).is_file()
+    ]
+    parts.append(f'<div class="figs">{"".join(figs)}</div>')
+    if rob:
+        parts.append(
+            f"<h3>鲁棒性 robustness</h3><p class='muted'>{rob.get('n')} rows, rate "
+            f"{rob.get('rate')}, seed {rob.get('seed')}; clean accuracy "
+            f"{_e(rob.get('clean_accuracy'))}</p>"
+        )
+        rrows = []
+        for pname, r in rob.get("perturbations", {}).items():
+            if "accuracy" not in r:
+                rrows.append(
+                    [f'<td class="t">{html.escape(pname)}</td>', "skipped", "", "", ""]
+                    + [f'<td class="t err">{html.escape(r.get("skipped", ""))}</td>']
+                )
+                continue
+            ex = r["examples"][0] if r.get("examples") else None
+            example = (
+                f"{html.escape(ex['text'])}<br>→ {html.escape(ex['perturbed'])}<br>"
+                f"<span class='muted'>{html.escape(ex['clean_pred'])} → "
+                f"{html.escape(ex['perturbed_pred'])} (gold {html.escape(ex['gold'])})</span>"
+                if ex
+                else ""
+            )
+            rrows.append(
+                [
+                    f'<td class="t">{html.escape(r.get("description", pname))}</td>',
+                    _e(r["accuracy"]),
+                    _e(-r["drop"]),
+                    f"{r['flip_rate']:.1%}",
+                    f"{r['changed_share']:.1%}",
+                    f'<td class="t">{example}</td>',
+                ]
+            )
+        parts.append(
+            _table(
+                ["perturbation", "accuracy", "change", "flipped", "texts changed", "a flip"], rrows
+            )
+        )
+    if e["errors"]:
+        parts.append("<h3>最自信的错误 most confident errors</h3>")
+        parts.append(
+            _table(
+                ["text", "gold", "predicted", "confidence"],
+                [
+                    [
+                        f'<td class="t">{html.escape(r["text"])}</td>',
+                        html.escape(str(r["gold"])),
+                        html.escape(str(r["label"])),
+                        _e(r["confidence"]),
+                    ]
+                    for r in e["errors"]
+                ],
+            )
+        )
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
+def build_report(
+    entries: Sequence[dict | str | Path], out_dir: str | Path, title: str = "zhtune report"
+) -> Path:
+    """Write ``out_dir/report.html`` for the given evaluations; returns its path.
+
+    ``entries``: evaluation directories (written by ``zhtune evaluate`` /
+    ``evaluate_model``), or the rows returned by ``evaluate_model`` / ``compare_runs``."""
+    loaded = [load_entry(e) for e in entries]
+    if not loaded:
+        raise ZhtuneError("build_report: no evaluations to report")
+    rows = [e["row"] for e in loaded]
+    first = loaded[0]["metrics"]
+    now = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+    doc = [
+        "<!DOCTYPE html>",
+        '<html lang="zh-CN"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+        f'<p class="muted">{len(rows)} model(s) on the same {first.get("n", "")} '
+        f"{html.escape(str(first.get('split', 'test')))} rows · labels "
+        f"{html.escape(', '.join(first.get('labels', [])))} · generated {now}</p>",
+        _headline(rows),
+        '<p class="muted">ECE: expected calibration error over 15 equal-width confidence bins '
+        "(lower is better); T-scaled: after temperature scaling fitted on the dev split. "
+        "Robustness: mean accuracy over the perturbations divided by the clean accuracy "
+        "(1.0 = unaffected). texts/s: CPU prediction speed on the test rows.</p>",
+    ]
+    doc += [_model_section(i, e) for i, e in enumerate(loaded)]
+    doc.append("</body></html>")
+    out = Path(out_dir) / "report.html"
+    out.write_text("\n".join(doc), encoding="utf-8")
+    return out
