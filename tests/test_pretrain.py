@@ -1,0 +1,263 @@
+"""zhtune pretrain: chunking, config errors, exact resume, HF-loadable outputs, the CLI."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from zhtune.config import load_config
+from zhtune.errors import ConfigError
+from zhtune.pretrain import PretrainConfig, predict_targets, run_pretrain
+from zhtune.pretrain_ckpt import list_checkpoints
+from zhtune.pretrain_data import build_chunks, chunk_spans, load_corpus
+from zhtune.text import load_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+WORDS = [
+    "我们",
+    "喜欢",
+    "自然语言",
+    "处理",
+    "北京",
+    "大学",
+    "研究",
+    "很",
+    "有意思",
+    "这个",
+    "产品",
+    "质量",
+    "不错",
+    "价格",
+    "便宜",
+    "物流",
+    "太",
+    "慢",
+    "了",
+    "服务",
+    "态度",
+    "好",
+]
+
+
+def make_texts(n: int = 40, seed: int = 0) -> list[str]:
+    rng = np.random.default_rng(seed)
+    texts = ["".join(rng.choice(WORDS, size=int(rng.integers(4, 11)))) + "。" for _ in range(n)]
+    texts.append("".join(rng.choice(WORDS, size=120)) + "。")  # a long text: several chunks
+    return texts
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
+    texts = make_texts()
+    path.write_text("\n".join(texts + texts[:5]) + "\n", encoding="utf-8")  # 5 duplicates
+    return path
+
+
+def tiny(corpus: Path, **kw) -> PretrainConfig:
+    base = dict(
+        text_files=[str(corpus)],
+        hidden_size=32,
+        num_heads=2,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        max_seq_length=32,
+        batch_size=4,
+        max_steps=8,
+        log_steps=1,
+        save_steps=4,
+        learning_rate=1e-3,
+        warmup_steps=2,
+        precision="fp32",
+        cache_dir="none",
+        eval_ratio=0.1,
+    )
+    return PretrainConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def mlm_run(corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("mlm")
+    return out, run_pretrain(tiny(corpus), out)
+
+
+# --- data --------------------------------------------------------------------------------
+def test_chunking_drops_and_counts_empty_and_duplicate_chunks():
+    tok = load_tokenizer()
+    cfg = tiny(Path("unused"))
+    texts = ["这个产品质量不错。", "这个产品质量不错。", "\ufffd\ufffd", "物流太慢了", "物流太慢了"]
+    texts.append(make_texts(0)[-1])  # a long text: several (different) chunks
+    chunks, stats = build_chunks(texts, tok, cfg)
+    assert stats == {"empty_chunks_dropped": 1, "duplicate_chunks_dropped": 2}
+    assert max(chunks.lengths) <= cfg.max_seq_length
+    seqs = {chunks[i][0].tobytes() for i in range(len(chunks))}
+    assert len(seqs) == len(chunks)  # no duplicates left
+    for i in range(len(chunks)):
+        ids, wids = chunks[i]
+        assert ids[0] == tok.cls_token_id and ids[-1] == tok.sep_token_id
+        assert wids[0] == -1 and wids[-1] == -1
+
+
+def test_chunk_cuts_fall_between_words():
+    wids = np.repeat(np.arange(20), 3)  # 20 words of 3 tokens
+    spans = chunk_spans(wids, 10)
+    assert all(e - s <= 10 for s, e in spans) and spans[-1][1] == len(wids)
+    assert all(e == len(wids) or wids[e] != wids[e - 1] for _, e in spans)
+    assert chunk_spans(np.zeros(25, dtype=int), 10)[0] == (0, 10)  # a word longer than a chunk
+
+
+def test_corpus_cache_hit_is_identical(corpus, tmp_path):
+    tok = load_tokenizer()
+    cfg = tiny(corpus, cache_dir=str(tmp_path))
+    train1, held1, rep1 = load_corpus(cfg, tok)
+    train2, held2, rep2 = load_corpus(cfg, tok)
+    assert rep1["cache"].startswith("written") and rep2["cache"].startswith("hit")
+    assert np.array_equal(train1.ids, train2.ids) and np.array_equal(held1.wids, held2.wids)
+    assert rep2["duplicate_chunks_dropped"] == rep1["duplicate_chunks_dropped"] == 5
+
+
+# --- config ------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("mask_prob", 1.5),
+        ("objective", "gan"),
+        ("num_heads", 3),
+        ("dataset", ["no-such-corpus"]),
+        ("max_steps", 0),
+    ],
+)
+def test_bad_config_value_names_the_field(corpus, field, value):
+    with pytest.raises(ConfigError, match=f"'{field}'") as e:
+        tiny(corpus, **{field: value})
+    assert "\n" not in str(e.value)
+
+
+def test_bad_config_on_the_command_line_is_one_line(capsys, tmp_path):
+    from zhtune.cli import main
+
+    code = main(["pretrain", "--out", str(tmp_path), "--dataset", "inews", "--mask-prob", "2"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "mask_prob" in err and "\n" not in err
+
+
+def test_presets_parse():
+    presets = sorted((ROOT / "configs").glob("pretrain-*.yaml"))
+    assert {p.name for p in presets} >= {
+        "pretrain-tiny.yaml",
+        "pretrain-base.yaml",
+        "pretrain-clm-tiny.yaml",
+    }
+    for p in presets:
+        cfg = load_config(PretrainConfig, p)
+        assert cfg.hidden_size % cfg.num_heads == 0
+
+
+# --- training, resume, outputs -----------------------------------------------------------
+def test_resume_gives_the_same_losses(corpus, mlm_run, tmp_path):
+    full_out, full = mlm_run
+    cfg = tiny(corpus, dropout=0.1)  # dropout on: the RNG state must be restored too
+    part = run_pretrain(cfg, tmp_path, _stop_after=4)
+    assert [c.name for c in list_checkpoints(tmp_path / "checkpoints")] == ["step-00000004"]
+    (tmp_path / "checkpoints" / ".tmp-step-00000006-1").mkdir()  # a half-written one: ignored
+    resumed = run_pretrain(replace(cfg, resume_from_checkpoint="auto"), tmp_path)
+    a = [r["loss"] for r in full.history]
+    b = [r["loss"] for r in resumed.history]
+    assert [r["step"] for r in resumed.history] == list(range(1, 9))
+    assert b[:4] == [r["loss"] for r in part.history]
+    assert np.allclose(a, b, rtol=0, atol=1e-6), (a, b)
+    assert resumed.metrics["eval_loss"] == pytest.approx(full.metrics["eval_loss"], abs=1e-5)
+
+
+def test_checkpoints_keep_the_newest_three(corpus, tmp_path):
+    run_pretrain(tiny(corpus, save_steps=1, max_steps=5, eval_ratio=0.0), tmp_path)
+    names = [c.name for c in list_checkpoints(tmp_path / "checkpoints")]
+    assert names == ["step-00000003", "step-00000004", "step-00000005"]
+    assert not list((tmp_path / "checkpoints").glob(".tmp-*"))
+
+
+def test_mlm_output_loads_with_transformers(mlm_run):
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    out, result = mlm_run
+    hf = AutoModelForMaskedLM.from_pretrained(out).eval()
+    tok = AutoTokenizer.from_pretrained(out)
+    assert type(hf).__name__ == "RobertaForMaskedLM"
+    enc = tok(["这个产品质量不错。", "物流太慢了"], padding=True, return_tensors="pt")
+    ours = result.model.eval()
+    with torch.no_grad():
+        want = ours(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
+        got = hf(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
+        assert torch.allclose(got, want, atol=1e-5)
+        # the sparse head gives the full model's logits at the scored positions
+        labels = torch.full_like(enc["input_ids"], -100)
+        labels[:, 2] = enc["input_ids"][:, 2]
+        batch = {**enc, "labels": labels}
+        logits, target = predict_targets(ours, batch, "mlm")
+        assert torch.allclose(logits, want[:, 2], atol=1e-5)
+        assert torch.equal(target, enc["input_ids"][:, 2])
+    manifest = json.loads((out / "zhtune.json").read_text())
+    assert manifest["kind"] == "pretrained-mlm" and manifest["labels"] == []
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"eval_loss", "eval_accuracy", "perplexity"} <= set(metrics)
+    assert metrics["data"]["duplicate_chunks_dropped"] == 5
+
+
+def test_output_works_for_sequence_classification(mlm_run):
+    from transformers import AutoModelForSequenceClassification
+
+    out, _ = mlm_run
+    model = AutoModelForSequenceClassification.from_pretrained(out, num_labels=3)
+    logits = model(input_ids=torch.tensor([[101, 2769, 102]])).logits
+    assert logits.shape == (1, 3)
+
+
+def test_clm_qwen2_output_loads_with_transformers(corpus, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cfg = tiny(corpus, objective="clm", arch="qwen2", max_steps=3, save_steps=0)
+    result = run_pretrain(cfg, tmp_path)
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    tok = AutoTokenizer.from_pretrained(tmp_path)
+    assert type(hf).__name__ == "Qwen2ForCausalLM"
+    assert tok.eos_token == "[SEP]" and tok.pad_token == "[PAD]"
+    assert hf.config.eos_token_id == tok.sep_token_id and hf.config.pad_token_id == 0
+    enc = tok(["这个产品质量不错。"], return_tensors="pt")
+    with torch.no_grad():
+        want = result.model.eval()(**enc).logits
+        got = hf(**enc).logits
+    assert torch.allclose(got, want, atol=1e-5)
+    assert json.loads((tmp_path / "zhtune.json").read_text())["kind"] == "pretrained-clm"
+    assert {"eval_loss", "perplexity"} <= set(result.metrics)
+
+
+def test_cli_end_to_end(corpus, tmp_path, capsys):
+    from zhtune.cli import main
+
+    out = tmp_path / "run"
+    args = ["pretrain", "--out", str(out), "--text-files", str(corpus), "--hidden-size", "32"]
+    args += ["--num-heads", "2", "--intermediate-size", "64", "--num-hidden-layers", "2"]
+    args += ["--max-seq-length", "32", "--batch-size", "8", "--max-steps", "4"]
+    args += ["--cache-dir", "none", "--precision", "fp32", "--save-steps", "2"]
+    assert main(args) == 0
+    assert "held-out loss" in capsys.readouterr().out
+    for name in (
+        "model.safetensors",
+        "config.json",
+        "tokenizer.json",
+        "history.jsonl",
+        "metrics.json",
+        "data.json",
+        "loss_curve.png",
+        "config.yaml",
+        "zhtune.json",
+    ):
+        assert (out / name).is_file(), name
+    history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    assert history[-1]["step"] == 4
+    assert {"loss", "learning_rate", "tokens_per_second"} <= set(history[-1])
