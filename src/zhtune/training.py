@@ -37,8 +37,8 @@ API (stable; other commands build on it)
     Builds ``TrainingArguments`` from ``cfg``, trains (resuming when asked), early-stops,
     reloads the best checkpoint and returns it with the history; writes
     ``training_curves.png``. The caller saves the model and scores the test split.
-``free_memory(*objects)``
-    ``del`` + ``gc.collect()`` (+ CUDA cache) between runs in one process.
+``free_memory()``
+    ``gc.collect()`` (+ CUDA cache) between runs in one process; ``del`` your references first.
 """
 
 from __future__ import annotations
@@ -176,10 +176,10 @@ def has_gpu() -> bool:
     return torch.cuda.is_available()
 
 
-def free_memory(*objects: Any) -> None:
-    """Drop references and collect, so the next run in this process starts clean."""
-    for o in objects:
-        del o
+def free_memory() -> None:
+    """Collect garbage (and the CUDA cache) so the next run in this process starts clean.
+
+    ``del`` your own references to the model/trainer first."""
     gc.collect()
     if has_gpu():
         import torch
@@ -561,7 +561,8 @@ def run_trainer(
     for cb in cbs:
         if hasattr(cb, "tb_writer") and cb.tb_writer is not None:
             cb.tb_writer.close()
-    free_memory(trainer)
+    del trainer
+    free_memory()
     write_training_curves(result.history, out / CURVES_FILE, cfg.metric_for_best)
     return result
 

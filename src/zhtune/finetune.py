@@ -1,0 +1,279 @@
+"""``zhtune finetune``: fine-tune a BERT/RoBERTa encoder for classification (HF ``Trainer``).
+
+The model is any Hugging Face encoder directory or hub id (the RobertaForMaskedLM that
+``zhtune pretrain`` writes, ``hfl/chinese-roberta-wwm-ext``, ...) or ``none`` for a
+randomly initialised tiny RoBERTa (the "from scratch" control). Training settings come from
+:class:`zhtune.training.TrainingConfig`; the run directory gets the best dev checkpoint in
+Hugging Face format (label names in ``id2label``, ``zhtune_max_length`` in its config),
+``zhtune.json`` (kind ``encoder``), test metrics, predictions, history and figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from zhtune.config import add_config_args, arg, check, config_from_args, save_config
+from zhtune.data import load_splits
+from zhtune.errors import ConfigError, ModelLoadError
+from zhtune.runs import prepare_out_dir, write_json, write_manifest
+from zhtune.training import TrainingConfig, count_parameters, free_memory, run_trainer
+
+log = logging.getLogger("zhtune")
+
+SCRATCH = ("none", "scratch")
+# config attribute names of the dropout probabilities, per architecture family
+HIDDEN_DROPOUT_ATTRS = ("hidden_dropout_prob", "dropout", "hidden_dropout")
+ATTENTION_DROPOUT_ATTRS = ("attention_probs_dropout_prob", "attention_dropout")
+
+
+@dataclass
+class FinetuneConfig(TrainingConfig):
+    """Fine-tune an encoder (BERT/RoBERTa family) with a classification head."""
+
+    model: str = arg(
+        "",
+        "model directory or hub id (e.g. runs/pretrain, hfl/chinese-roberta-wwm-ext); "
+        "'none' = a randomly initialised tiny RoBERTa (sizes below)",
+    )
+    tokenizer: str | None = arg(
+        None, "tokenizer directory or hub id (default: the model's; 'none' model: built-in vocab)"
+    )
+    from_scratch: bool = arg(
+        False, "ignore the model's weights: random init of its architecture (a control run)"
+    )
+    hidden_size: int = arg(256, "model none: hidden size")
+    num_hidden_layers: int = arg(4, "model none: number of layers")
+    num_attention_heads: int = arg(4, "model none: attention heads")
+    intermediate_size: int = arg(1024, "model none: feed-forward size")
+    hidden_dropout: float | None = arg(None, "override the model's hidden dropout probability")
+    attention_dropout: float | None = arg(
+        None, "override the model's attention dropout probability"
+    )
+    allow_pickle: bool = arg(
+        False, "allow loading .bin (pickle) weights of a model you trust (default: safetensors)"
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(
+            bool(self.model.strip()),
+            "model",
+            "give --model DIR|HUB_ID, or --model none for a randomly initialised tiny RoBERTa",
+        )
+        for name in ("hidden_dropout", "attention_dropout"):
+            v = getattr(self, name)
+            check(v is None or 0 <= v < 1, name, f"must be in [0, 1), got {v}")
+        for name in (
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "intermediate_size",
+        ):
+            check(getattr(self, name) >= 1, name, "must be >= 1")
+        check(
+            self.hidden_size % self.num_attention_heads == 0,
+            "num_attention_heads",
+            f"hidden_size {self.hidden_size} must be divisible by it",
+        )
+
+    @property
+    def scratch_model(self) -> bool:
+        return self.model.strip().lower() in SCRATCH
+
+
+def _set_dropout(config: Any, cfg: FinetuneConfig) -> None:
+    for value, attrs, name in (
+        (cfg.hidden_dropout, HIDDEN_DROPOUT_ATTRS, "hidden_dropout"),
+        (cfg.attention_dropout, ATTENTION_DROPOUT_ATTRS, "attention_dropout"),
+    ):
+        if value is None:
+            continue
+        found = [a for a in attrs if hasattr(config, a)]
+        if not found:
+            raise ConfigError(
+                f"config field '{name}': the model config ({type(config).__name__}) has none of "
+                f"{', '.join(attrs)}"
+            )
+        for a in found:
+            setattr(config, a, value)
+
+
+def load_tokenizer_for(cfg: FinetuneConfig):
+    from zhtune.text import load_tokenizer
+
+    if cfg.tokenizer:
+        return load_tokenizer(None if cfg.tokenizer.lower() in SCRATCH else cfg.tokenizer)
+    if cfg.scratch_model:
+        return load_tokenizer(None)
+    return load_tokenizer(cfg.model)
+
+
+def build_model(cfg: FinetuneConfig, labels: list[str], tokenizer: Any):
+    """A sequence-classification model with ``labels`` in its config (id2label/label2id)."""
+    from transformers import (
+        AutoConfig,
+        AutoModelForSequenceClassification,
+        RobertaConfig,
+        RobertaForSequenceClassification,
+    )
+
+    from zhtune.inference import check_safetensors
+    from zhtune.training import seed_everything
+
+    id2label = dict(enumerate(labels))
+    label2id = {name: i for i, name in id2label.items()}
+    seed_everything(cfg.seed)  # the classifier head (and a scratch model) start the same
+    if cfg.scratch_model:
+        config = RobertaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=cfg.hidden_size,
+            num_hidden_layers=cfg.num_hidden_layers,
+            num_attention_heads=cfg.num_attention_heads,
+            intermediate_size=cfg.intermediate_size,
+            max_position_embeddings=cfg.max_length + tokenizer.pad_token_id + 2,
+            type_vocab_size=2,
+            pad_token_id=tokenizer.pad_token_id,
+            num_labels=len(labels),
+            id2label=id2label,
+            label2id=label2id,
+        )
+        _set_dropout(config, cfg)
+        return RobertaForSequenceClassification(config)
+    local = Path(cfg.model)
+    if local.exists() and not local.is_dir():
+        raise ModelLoadError(f"{local}: not a model directory")
+    try:
+        config = AutoConfig.from_pretrained(
+            cfg.model, num_labels=len(labels), id2label=id2label, label2id=label2id
+        )
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"cannot load a model config from {cfg.model!r}: {e}") from None
+    _set_dropout(config, cfg)
+    _check_fits(config, cfg, tokenizer)
+    if cfg.from_scratch:
+        return AutoModelForSequenceClassification.from_config(config)
+    check_safetensors(local, cfg.allow_pickle)
+    try:
+        return AutoModelForSequenceClassification.from_pretrained(
+            cfg.model, config=config, use_safetensors=None if cfg.allow_pickle else True
+        )
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"cannot load weights from {cfg.model!r}: {e}") from None
+
+
+def _check_fits(config: Any, cfg: FinetuneConfig, tokenizer: Any) -> None:
+    vocab = getattr(config, "vocab_size", None)
+    if vocab is not None and len(tokenizer) > vocab:
+        raise ModelLoadError(
+            f"the tokenizer has {len(tokenizer)} entries but the model's vocabulary only {vocab}; "
+            "use the tokenizer the model was trained with (--tokenizer)"
+        )
+    positions = getattr(config, "max_position_embeddings", None)
+    offset = (config.pad_token_id or 0) + 1 if config.model_type == "roberta" else 0
+    if positions is not None and cfg.max_length + offset > positions:
+        raise ConfigError(
+            f"config field 'max_length': {cfg.max_length} exceeds the model's "
+            f"{positions - offset} positions"
+        )
+
+
+def run_finetune(cfg: FinetuneConfig, out: str | Path) -> dict:
+    """Train, keep the best dev checkpoint, score the test split; returns the test metrics."""
+    from zhtune.classifier import Classifier
+    from zhtune.evaluation.scoring import write_test_outputs
+    from zhtune.inference import set_threads
+    from zhtune.training import tokenize_split
+
+    set_threads()
+    out = prepare_out_dir(out)
+    save_config(cfg, out)
+    splits = load_splits(cfg)
+    write_json(out / "data.json", splits.report)
+    for w in splits.report["warnings"]:
+        log.warning(w)
+    labels = list(splits.label_map.names)
+    tokenizer = load_tokenizer_for(cfg)
+    model = build_model(cfg, labels, tokenizer)
+    params = count_parameters(model)
+    log.info(
+        "finetune %s: %d parameters; %d train / %d dev / %d test rows; labels %s",
+        cfg.model,
+        params,
+        len(splits.train),
+        len(splits.dev),
+        len(splits.test),
+        labels,
+    )
+    train_ds = tokenize_split(splits.train, splits.label_map, tokenizer, cfg.max_length)
+    dev_ds = tokenize_split(splits.dev, splits.label_map, tokenizer, cfg.max_length)
+    result = run_trainer(model, train_ds, dev_ds, cfg, out, labels, tokenizer=tokenizer)
+    best = result.model
+    best.config.zhtune_max_length = cfg.max_length
+    best.save_pretrained(out)  # safetensors
+    tokenizer.save_pretrained(out)
+    write_manifest(out, "encoder", labels, base_model=cfg.model, max_length=cfg.max_length)
+    evals = [r for r in result.history if r.get("kind") == "eval"]
+    best_eval = next(
+        (r for r in evals if result.best_checkpoint and r["step"] == _ckpt_step(result)),
+        evals[-1] if evals else {},
+    )
+    result.model = None
+    del model, best
+    free_memory()
+    clf = Classifier.load(out)
+    extra = {
+        "model": f"finetune:{Path(cfg.model).name or cfg.model}"
+        + (" (scratch)" if cfg.from_scratch or cfg.scratch_model else ""),
+        "train_seconds": result.train_seconds,
+        "parameters": params,
+        "steps": result.global_step,
+        "best_step": _ckpt_step(result),
+        "stopped_early": result.stopped_early,
+        "resumed_from": result.resumed_from,
+        "dev_accuracy": best_eval.get("eval_accuracy"),
+        "dev_macro_f1": best_eval.get("eval_macro_f1"),
+    }
+    metrics = write_test_outputs(clf, splits, out, extra=extra, batch_size=cfg.eval_bs)
+    del clf
+    free_memory()
+    return metrics
+
+
+def _ckpt_step(result: Any) -> int | None:
+    if not result.best_checkpoint:
+        return None
+    return int(str(result.best_checkpoint).rsplit("-", 1)[1])
+
+
+# --- CLI -----------------------------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, help="run directory to write")
+    add_config_args(parser, FinetuneConfig)
+
+
+def run_cli(ns: argparse.Namespace) -> int:
+    from zhtune.evaluation.metrics import format_table
+
+    cfg = config_from_args(FinetuneConfig, ns)
+    m = run_finetune(cfg, ns.out)
+    print(
+        format_table(
+            [m],
+            [
+                ("model", "model"),
+                ("accuracy", "accuracy"),
+                ("macro_f1", "macro-F1"),
+                ("dev_macro_f1", "dev macro-F1"),
+                ("n", "test rows"),
+                ("steps", "steps"),
+                ("train_seconds", "train s"),
+                ("texts_per_second", "texts/s"),
+            ],
+        )
+    )
+    print(f"\nrun directory: {ns.out}")
+    return 0
