@@ -17,12 +17,10 @@ from pathlib import Path
 from zhtune.errors import ZhtuneError
 
 FIGURES = [
-    ("confusion_matrix.png", "混淆矩阵 confusion matrix"),
     ("reliability.png", "可靠性图 reliability diagram"),
     ("robustness.png", "鲁棒性 robustness"),
     ("confidence_hist.png", "置信度分布 confidence histogram"),
     ("coverage.png", "覆盖率-准确率 accuracy vs coverage"),
-    ("per_class.png", "各类别指标 per class"),
 ]
 
 CSS = """
@@ -32,10 +30,10 @@ h1{font-size:1.6em;margin-bottom:4px} h2{border-bottom:2px solid #ddd;padding-bo
  margin-top:40px} h3{margin-top:24px}
 table{border-collapse:collapse;margin:8px 0 16px;font-size:.92em}
 th,td{border:1px solid #ccc;padding:4px 8px;text-align:right;vertical-align:top}
-th{background:#f2f4f7} td.t,th.t{text-align:left;max-width:520px;word-break:break-all}
+th{background:#f2f4f7;text-align:center} td.t,th.t{text-align:left;max-width:520px;word-break:break-all}
 table#headline td.best{font-weight:bold;background:#e6f4ea}
 .figs{display:flex;flex-wrap:wrap;gap:12px} .figs figure{margin:0;flex:1 1 460px}
-.figs img{max-width:100%;border:1px solid #eee} figcaption{font-size:.85em;color:#555}
+.figs img{max-width:100%;border:1px solid #eee} .figs>div{flex:0 1 auto} figcaption{font-size:.85em;color:#555}
 .muted{color:#666;font-size:.9em} .err{color:#b00020}
 """
 
@@ -110,6 +108,10 @@ def _fmt(v: object, key: str = "") -> str:
 
 def _e(v: object, key: str = "") -> str:
     return html.escape(_fmt(v, key))
+
+
+def _short(text: str, n: int = 300) -> str:
+    return html.escape(text if len(text) <= n else text[:n] + "…")
 
 
 def _img(path: Path, alt: str) -> str:
@@ -193,6 +195,7 @@ def _model_section(i: int, e: dict) -> str:
         metric_rows.append(["robustness score", _e(rob.get("robustness_score"))])
     parts.append('<div class="figs"><div>')
     parts.append(_table(["metric", "value"], metric_rows))
+    parts.append("</div><div>")
     per_class = m.get("per_class", {})
     parts.append(
         _table(
@@ -204,6 +207,9 @@ def _model_section(i: int, e: dict) -> str:
             ],
         )
     )
+    cm = e["dir"] / "confusion_matrix.png"
+    if cm.is_file():
+        parts.append(_img(cm, "confusion matrix"))
     parts.append("</div></div>")
     figs = [
         f"<figure>{_img(e['dir'] / f, cap)}<figcaption>{html.escape(cap)}</figcaption></figure>"
@@ -227,7 +233,7 @@ def _model_section(i: int, e: dict) -> str:
                 continue
             ex = r["examples"][0] if r.get("examples") else None
             example = (
-                f"{html.escape(ex['text'])}<br>→ {html.escape(ex['perturbed'])}<br>"
+                f"{_short(ex['text'])}<br>→ {_short(ex['perturbed'])}<br>"
                 f"<span class='muted'>{html.escape(ex['clean_pred'])} → "
                 f"{html.escape(ex['perturbed_pred'])} (gold {html.escape(ex['gold'])})</span>"
                 if ex
@@ -255,7 +261,7 @@ def _model_section(i: int, e: dict) -> str:
                 ["text", "gold", "predicted", "confidence"],
                 [
                     [
-                        f'<td class="t">{html.escape(r["text"])}</td>',
+                        f'<td class="t">{_short(r["text"])}</td>',
                         html.escape(str(r["gold"])),
                         html.escape(str(r["label"])),
                         _e(r["confidence"]),
@@ -291,7 +297,7 @@ def build_report(
         f"{html.escape(str(first.get('split', 'test')))} rows · labels "
         f"{html.escape(', '.join(first.get('labels', [])))} · generated {now}</p>",
         _headline(rows),
-        '<p class="muted">ECE: expected calibration error over 15 equal-width confidence bins '
+        '<p class="muted">ECE: expected calibration error over equal-width confidence bins (15 by default) '
         "(lower is better); T-scaled: after temperature scaling fitted on the dev split. "
         "Robustness: mean accuracy over the perturbations divided by the clean accuracy "
         "(1.0 = unaffected). texts/s: CPU prediction speed on the test rows.</p>",
