@@ -25,6 +25,7 @@ from zhtune.training import TrainingConfig, count_parameters, free_memory, run_t
 log = logging.getLogger("zhtune")
 
 SCRATCH = ("none", "scratch")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
 # config attribute names of the dropout probabilities, per architecture family
 HIDDEN_DROPOUT_ATTRS = ("hidden_dropout_prob", "dropout", "hidden_dropout")
 ATTENTION_DROPOUT_ATTRS = ("attention_probs_dropout_prob", "attention_dropout")
@@ -102,12 +103,27 @@ def _set_dropout(config: Any, cfg: FinetuneConfig) -> None:
             setattr(config, a, value)
 
 
+def check_model_path(model: str) -> Path:
+    """Fail fast (no hub lookup) when ``model`` names a local path that is not a directory."""
+    local = Path(model).expanduser()
+    if local.exists() and not local.is_dir():
+        raise ModelLoadError(f"{model}: not a model directory")
+    if not local.exists() and (local.is_absolute() or model.startswith((".", "~"))):
+        raise ModelLoadError(f"{model}: no such model directory")
+    return local
+
+
 def load_tokenizer_for(cfg: FinetuneConfig):
+    """--tokenizer, else the model's own, else (model none / no tokenizer files) the built-in."""
     from zhtune.text import load_tokenizer
 
     if cfg.tokenizer:
         return load_tokenizer(None if cfg.tokenizer.lower() in SCRATCH else cfg.tokenizer)
     if cfg.scratch_model:
+        return load_tokenizer(None)
+    local = check_model_path(cfg.model)
+    if local.is_dir() and not any((local / f).is_file() for f in TOKENIZER_FILES):
+        log.warning("%s has no tokenizer files: using the built-in Chinese BERT vocabulary", local)
         return load_tokenizer(None)
     return load_tokenizer(cfg.model)
 
@@ -143,9 +159,7 @@ def build_model(cfg: FinetuneConfig, labels: list[str], tokenizer: Any):
         )
         _set_dropout(config, cfg)
         return RobertaForSequenceClassification(config)
-    local = Path(cfg.model)
-    if local.exists() and not local.is_dir():
-        raise ModelLoadError(f"{local}: not a model directory")
+    local = check_model_path(cfg.model)
     try:
         config = AutoConfig.from_pretrained(
             cfg.model, num_labels=len(labels), id2label=id2label, label2id=label2id
