@@ -1,14 +1,27 @@
-"""Batched PyTorch inference for Hugging Face sequence-classification models."""
+"""Batched inference for Hugging Face sequence-classification models (PyTorch and ONNX).
+
+Both backends share :func:`encode_batches`: the texts are tokenized once (the fast tokenizer
+batches in Rust), sorted by token length and padded per batch with an attention mask, so a
+batch costs what its longest text costs and a text gets the same probabilities whatever it
+is batched with (up to float rounding, ~1e-7). Rows come back in input order.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from zhtune.errors import ModelLoadError
+
+log = logging.getLogger("zhtune")
+
+# Texts tokenized and length-sorted together; bounds memory for very long input lists.
+SORT_WINDOW = 4096
 
 
 def check_safetensors(path: Path, allow_pickle: bool = False) -> None:
@@ -27,24 +40,117 @@ def check_safetensors(path: Path, allow_pickle: bool = False) -> None:
         raise ModelLoadError(f"{path}: no model weights (*.safetensors) found")
 
 
+def cpu_threads() -> int:
+    """Cores this process may use (``ZHTUNE_THREADS`` overrides)."""
+    env = int(os.environ.get("ZHTUNE_THREADS", "0") or 0)
+    if env > 0:
+        return env
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def set_threads() -> None:
-    """Use the physical cores once; torch's default oversubscribes small machines."""
+    """One intra-op thread per usable core (torch's default can oversubscribe small machines)."""
     import torch
 
-    n = int(os.environ.get("ZHTUNE_THREADS", "0")) or (os.cpu_count() or 1)
+    n = cpu_threads()
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64)
+    z -= z.max(axis=1, keepdims=True)
+    np.exp(z, out=z)
+    z /= z.sum(axis=1, keepdims=True)
+    return z
+
+
+def encode_batches(
+    tokenizer,
+    texts: Sequence[str],
+    batch_size: int,
+    max_length: int,
+    input_names: Sequence[str] = ("input_ids", "attention_mask", "token_type_ids"),
+) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
+    """Yield ``(row indices, inputs)`` per batch; inputs are int64 arrays of shape (B, T).
+
+    Texts are tokenized without padding, sorted by token count (stable) and each batch is
+    right-padded to its own longest row. ``token_type_ids`` are zeros (single sentences).
+    """
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    batch_size = max(1, int(batch_size))
+    for w0 in range(0, len(texts), SORT_WINDOW):
+        window = list(texts[w0 : w0 + SORT_WINDOW])
+        ids = tokenizer(
+            window,
+            truncation=True,
+            max_length=max_length,
+            padding=False,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+        )["input_ids"]
+        lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+        order = np.argsort(lengths, kind="stable")
+        for b0 in range(0, len(order), batch_size):
+            idx = order[b0 : b0 + batch_size]
+            width = int(lengths[idx].max())
+            input_ids = np.full((len(idx), width), pad_id, dtype=np.int64)  # (B, T)
+            mask = np.zeros((len(idx), width), dtype=np.int64)  # (B, T), 1 = real token
+            for r, i in enumerate(idx):
+                n = int(lengths[i])
+                input_ids[r, :n] = ids[i]
+                mask[r, :n] = 1
+            feed = {"input_ids": input_ids, "attention_mask": mask}
+            if "token_type_ids" in input_names:
+                feed["token_type_ids"] = np.zeros_like(input_ids)
+            yield idx + w0, {k: v for k, v in feed.items() if k in input_names}
+
+
+def model_input_names(model, tokenizer) -> list[str]:
+    """The inputs both the tokenizer produces and the model's forward accepts, in the order
+    of the forward signature."""
+    import inspect
+
+    params = inspect.signature(model.forward).parameters
+    names = list(getattr(tokenizer, "model_input_names", None) or ["input_ids", "attention_mask"])
+    for required in ("input_ids", "attention_mask"):
+        if required not in names:
+            names.append(required)
+    # forward-signature order: the ONNX exporter names the flattened inputs in this order
+    return [n for n in params if n in names]
+
+
+def quantize_int8(model):
+    """PyTorch dynamic int8 quantization of every ``nn.Linear`` (weights int8, activations
+    quantized per batch at run time). CPU only; the embeddings stay fp32."""
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao.quantization deprecation notice
+        from torch.ao.quantization import quantize_dynamic
+
+        engines = torch.backends.quantized.supported_engines
+        for engine in ("x86", "fbgemm", "qnnpack"):
+            if engine in engines:
+                torch.backends.quantized.engine = engine
+                break
+        return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
 
 
 class EncoderBackend:
     """AutoModelForSequenceClassification + tokenizer, length-sorted batches, inference mode."""
 
-    def __init__(self, model, tokenizer, max_length: int = 128) -> None:
+    def __init__(self, model, tokenizer, max_length: int = 128, int8: bool = False) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.max_length = max_length
+        self.int8 = int8
         id2label = model.config.id2label
         self.labels = [str(id2label[i]) for i in range(len(id2label))]
+        self.input_names = model_input_names(model, tokenizer)
 
     @classmethod
     def load(
@@ -52,6 +158,7 @@ class EncoderBackend:
         path: Path | str,
         allow_pickle: bool = False,
         max_length: int | None = None,
+        int8: bool = False,
         **_: object,
     ) -> EncoderBackend:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -59,6 +166,10 @@ class EncoderBackend:
         set_threads()
         local = Path(path)
         check_safetensors(local, allow_pickle)
+        from transformers.utils import logging as hf_logging
+
+        bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # no "Loading weights" bar for a small model
         try:
             model = AutoModelForSequenceClassification.from_pretrained(
                 str(path), use_safetensors=not allow_pickle
@@ -66,28 +177,32 @@ class EncoderBackend:
             tokenizer = AutoTokenizer.from_pretrained(str(path))
         except (OSError, ValueError, KeyError) as e:
             raise ModelLoadError(f"cannot load {path}: {e}") from None
+        finally:
+            if bars:
+                hf_logging.enable_progress_bar()
         max_len = max_length or int(getattr(model.config, "zhtune_max_length", 0) or 128)
-        return cls(model, tokenizer, max_len)
+        model.eval()
+        if int8:
+            model = quantize_int8(model)
+        return cls(model, tokenizer, max_len, int8=int8)
 
-    def predict_proba(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
+    def predict_logits(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
         import torch
 
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        out = np.zeros((len(texts), len(self.labels)), dtype=np.float64)
+        out = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
         with torch.inference_mode():
-            for start in range(0, len(order), batch_size):
-                idx = order[start : start + batch_size]
-                enc = self.tokenizer(
-                    [texts[i] for i in idx],
-                    truncation=True,
-                    max_length=self.max_length,
-                    padding=True,
-                    return_tensors="pt",
-                )
-                logits = self.model(**enc).logits.float()  # (B, n_labels)
-                out[idx] = torch.softmax(logits, dim=-1).numpy()
+            for idx, feed in encode_batches(
+                self.tokenizer, texts, batch_size, self.max_length, self.input_names
+            ):
+                inputs = {k: torch.from_numpy(v) for k, v in feed.items()}
+                out[idx] = self.model(**inputs).logits.float().numpy()  # (B, n_labels)
         return out
+
+    def predict_proba(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
+        return softmax(self.predict_logits(texts, batch_size))
 
 
 def load_backend(path: Path | str, manifest: dict, **kw: object) -> EncoderBackend:
+    if kw.get("max_length") is None and manifest.get("max_length"):
+        kw["max_length"] = int(manifest["max_length"])
     return EncoderBackend.load(path, **kw)  # type: ignore[arg-type]
