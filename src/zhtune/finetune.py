@@ -20,6 +20,7 @@ from zhtune.config import add_config_args, arg, check, config_from_args, save_co
 from zhtune.data import load_splits
 from zhtune.errors import ConfigError, ModelLoadError
 from zhtune.runs import prepare_out_dir, write_json, write_manifest
+from zhtune.tracking import finish_run, is_main_process
 from zhtune.training import TrainingConfig, count_parameters, free_memory, run_trainer
 
 log = logging.getLogger("zhtune")
@@ -204,9 +205,12 @@ def run_finetune(cfg: FinetuneConfig, out: str | Path) -> dict:
 
     set_threads()
     out = prepare_out_dir(out)
-    save_config(cfg, out)
+    main = is_main_process()  # under torchrun / accelerate only rank 0 writes run files
+    if main:
+        save_config(cfg, out)
     splits = load_splits(cfg)
-    write_json(out / "data.json", splits.report)
+    if main:
+        write_json(out / "data.json", splits.report)
     for w in splits.report["warnings"]:
         log.warning(w)
     labels = list(splits.label_map.names)
@@ -225,6 +229,8 @@ def run_finetune(cfg: FinetuneConfig, out: str | Path) -> dict:
     train_ds = tokenize_split(splits.train, splits.label_map, tokenizer, cfg.max_length)
     dev_ds = tokenize_split(splits.dev, splits.label_map, tokenizer, cfg.max_length)
     result = run_trainer(model, train_ds, dev_ds, cfg, out, labels, tokenizer=tokenizer)
+    if not main:  # rank 0 saves the model and scores the test split
+        return {}
     best = result.model
     best.config.zhtune_max_length = cfg.max_length
     best.save_pretrained(out)  # safetensors
@@ -254,6 +260,7 @@ def run_finetune(cfg: FinetuneConfig, out: str | Path) -> dict:
     metrics = write_test_outputs(clf, splits, out, extra=extra, batch_size=cfg.eval_bs)
     del clf
     free_memory()
+    finish_run(out, metrics)
     return metrics
 
 

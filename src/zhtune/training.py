@@ -56,6 +56,7 @@ from typing import Any
 
 import numpy as np
 
+from zhtune import tracking
 from zhtune.config import arg, check, validate_choices
 from zhtune.data import DataConfig, LabelMap, Split
 from zhtune.errors import ConfigError, ZhtuneError
@@ -121,7 +122,17 @@ class TrainingConfig(DataConfig):
     )
     torch_compile: bool = arg(False, "compile the model with torch.compile")
     logging_steps: int | None = arg(None, "log the training loss every N steps (default: auto)")
-    report_to: str = arg("tensorboard", "training logs (out/tensorboard)", ("tensorboard", "none"))
+    report_to: str = arg(
+        "tensorboard",
+        "training logs: TensorBoard (out/tensorboard), MLflow (out/mlruns or $MLFLOW_TRACKING_URI)",
+        tracking.REPORT_TO,
+    )
+    deepspeed: str | None = arg(
+        None, "DeepSpeed JSON config (e.g. configs/distributed/ds_zero2.json); GPUs + deepspeed"
+    )
+    fsdp_config: str | None = arg(
+        None, "turn on FSDP with this JSON config (e.g. configs/distributed/fsdp.json); GPUs"
+    )
     progress: bool = arg(True, "show progress bars")
 
     def __post_init__(self) -> None:
@@ -155,6 +166,9 @@ class TrainingConfig(DataConfig):
             self.logging_steps is None or self.logging_steps >= 1, "logging_steps", "must be >= 1"
         )
         parse_class_weights(self.class_weights)  # syntax only; the count is checked with labels
+        for name in ("deepspeed", "fsdp_config"):
+            v = getattr(self, name)
+            check(v is None or Path(v).is_file(), name, f"no such JSON file: {v}")
 
     @property
     def eval_bs(self) -> int:
@@ -307,7 +321,9 @@ def make_compute_metrics(labels: Sequence[str]) -> Callable:
 
 # --- steps -------------------------------------------------------------------------------
 def steps_per_epoch(cfg: TrainingConfig, n_train: int) -> int:
-    return max(1, math.ceil(math.ceil(n_train / cfg.batch_size) / cfg.gradient_accumulation_steps))
+    """Optimizer steps per epoch; each step takes batch_size rows on each of the processes."""
+    per_step = cfg.batch_size * tracking.world_size()
+    return max(1, math.ceil(math.ceil(n_train / per_step) / cfg.gradient_accumulation_steps))
 
 
 def total_steps(cfg: TrainingConfig, n_train: int) -> int:
@@ -392,6 +408,8 @@ class _Callbacks:
             """Append each Trainer log as one JSON line: kind train / eval / summary."""
 
             def on_log(self, args, state, control, logs=None, **kw):
+                if not state.is_world_process_zero:  # multi-process: rank 0 writes
+                    return
                 logs = dict(logs or {})
                 kind = (
                     "eval"
@@ -479,6 +497,9 @@ def build_training_args(cfg: TrainingConfig, out: Path, n_train: int):
         use_cpu=not has_gpu(),
         dataloader_pin_memory=has_gpu(),
         torch_compile=cfg.torch_compile,
+        deepspeed=cfg.deepspeed,
+        fsdp=bool(cfg.fsdp_config) or None,
+        fsdp_config=cfg.fsdp_config,
         **precision_flags(cfg),
     )
 
@@ -524,15 +545,11 @@ def run_trainer(
         state = json.loads((resume / "trainer_state.json").read_text(encoding="utf-8"))
         resume_step = int(state.get("global_step", 0))
         log.info("resuming from %s (step %d)", resume, resume_step)
-    _truncate_history(history_path, resume_step)
-    cbs = [HistoryCallback(history_path), *callbacks]
+    if tracking.is_main_process():
+        _truncate_history(history_path, resume_step)
+    cbs = [HistoryCallback(history_path), *callbacks, *tracking.trainer_callbacks(cfg, out)]
     if cfg.patience:
         cbs.append(EarlyStoppingCallback(cfg.patience, cfg.early_stopping_threshold))
-    if cfg.report_to == "tensorboard":
-        from torch.utils.tensorboard import SummaryWriter
-        from transformers.integrations import TensorBoardCallback
-
-        cbs.append(TensorBoardCallback(SummaryWriter(log_dir=str(out / "tensorboard"))))
     trainer = Trainer(
         model=model,
         args=args,
@@ -543,8 +560,14 @@ def run_trainer(
         compute_loss_func=loss_fn,
         callbacks=cbs,
     )
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if type(base).__name__.endswith("ForSequenceClassification"):
+        # these heads average their own loss and ignore num_items_in_batch: without this the
+        # Trainer multiplies it by the number of processes and skips the accumulation divisor
+        trainer.model_accepts_loss_kwargs = False
     t = time.perf_counter()
-    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    with tracking.training_status(out, cfg):
+        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     seconds = time.perf_counter() - t
     state = trainer.state
     expected = total_steps(cfg, n_train)
@@ -563,7 +586,8 @@ def run_trainer(
             cb.tb_writer.close()
     del trainer
     free_memory()
-    write_training_curves(result.history, out / CURVES_FILE, cfg.metric_for_best)
+    if tracking.is_main_process():
+        write_training_curves(result.history, out / CURVES_FILE, cfg.metric_for_best)
     return result
 
 
