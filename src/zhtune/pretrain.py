@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from zhtune.config import arg, check, save_config, to_dict, validate_choices
 from zhtune.data.builtin import BUILTIN
 from zhtune.errors import ConfigError, ZhtuneError
+from zhtune.tracking import REPORT_TO, finish_run, require_single_process, start_logging
 
 log = logging.getLogger("zhtune")
 
@@ -108,6 +109,9 @@ class PretrainConfig:
     resume_from_checkpoint: str = arg(
         "auto",
         "auto: the newest complete checkpoint in OUT/checkpoints; none; or a checkpoint path",
+    )
+    report_to: str = arg(
+        "tensorboard", "training logs: out/tensorboard, MLflow (out/mlruns)", REPORT_TO
     )
 
     def __post_init__(self) -> None:
@@ -362,6 +366,7 @@ def run_pretrain(
     from zhtune.runs import prepare_out_dir, write_json
     from zhtune.text import load_tokenizer
 
+    require_single_process("zhtune pretrain")  # no DDP in this loop yet (docs/scaling.md)
     out = prepare_out_dir(out)
     save_config(cfg, out)
     tokenizer = load_tokenizer(cfg.tokenizer_path)
@@ -430,6 +435,7 @@ def run_pretrain(
         cfg.objective, cfg.arch, counts["total"] / 1e6, counts["non_embedding"] / 1e6, total,
         steps_per_epoch, cfg.batch_size, precision, device,
     )  # fmt: skip
+    tracker = start_logging(cfg.report_to, out, to_dict(cfg))  # status.json, TensorBoard/MLflow
     lengths = train.lengths
     order = batch_order(lengths, cfg.batch_size, cfg.seed, epoch, cfg.group_by_length)
     bar = tqdm(
@@ -467,6 +473,7 @@ def run_pretrain(
                 "elapsed_seconds": round(prev_seconds + now - t_start, 2),
             }
             history.append(row)
+            tracker.log(row, step)
             bar.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{row['tokens_per_second']:.0f}")
             if bar.disable:
                 log.info(
@@ -484,12 +491,14 @@ def run_pretrain(
             checkpoint(prev_seconds + time.perf_counter() - t_start)
         if _stop_after is not None and step >= _stop_after:
             bar.close()
+            tracker.close()
             return PretrainResult(model, tokenizer, {}, history)
         if over_time and step < total:
             stopped = f"time budget of {cfg.max_minutes} minutes reached at step {step}/{total}"
             log.warning("%s; saving the model (a checkpoint was saved for resuming)", stopped)
             break
     bar.close()
+    tracker.close()
     train_seconds = prev_seconds + time.perf_counter() - t_start
     return _finish(cfg, out, model, tokenizer, held_out, report, history, counts, step, total,
                    train_seconds, stopped, device, autocast, precision)  # fmt: skip
@@ -549,6 +558,7 @@ def _finish(cfg, out, model, tokenizer, held_out, report, history, counts, step,
         arch=cfg.arch,
         max_seq_length=cfg.max_seq_length,
     )
+    finish_run(out, metrics)
     return PretrainResult(model, tokenizer, metrics, history)
 
 
