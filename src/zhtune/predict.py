@@ -71,6 +71,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="apply the temperature fitted by `zhtune evaluate`",
     )
+    p.add_argument(
+        "--engine",
+        default="local",
+        choices=["local", "ray"],
+        help="local: this process; ray: Ray Data actors, on a cluster too (see docs/scaling.md)",
+    )
+    from zhtune.integrations.ray import add_ray_arguments
+
+    add_ray_arguments(p)
 
 
 def run_cli(ns: argparse.Namespace) -> int:
@@ -83,6 +92,10 @@ def run_cli(ns: argparse.Namespace) -> int:
         raise ZhtuneError("--out goes with --file")
     if ns.file:  # fail on a missing/unknown file before the model loads
         check_file(ns.file, ns.file_format)
+    if ns.engine == "ray":
+        from zhtune.integrations.ray import run_ray_cli
+
+        return run_ray_cli(ns)
     kw = {"int8": True} if ns.int8 else {}
     clf = Classifier.load(ns.model, calibrated=ns.calibrated, **kw)
     if ns.int8 and clf.kind not in ("encoder", "onnx"):
