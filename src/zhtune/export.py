@@ -25,7 +25,7 @@ import numpy as np
 
 from zhtune.errors import ModelLoadError, ZhtuneError
 from zhtune.inference import cpu_threads, encode_batches, softmax
-from zhtune.runs import prepare_out_dir, write_json, write_manifest
+from zhtune.runs import prepare_out_dir, read_manifest, write_json, write_manifest
 
 log = logging.getLogger("zhtune")
 
@@ -216,19 +216,24 @@ def run_export(
     from zhtune.classifier import Classifier
     from zhtune.inference import EncoderBackend
 
+    def refuse(kind: str) -> ZhtuneError:
+        return ZhtuneError(
+            f"{model}: a model of kind {kind!r} cannot be exported to ONNX; export works on "
+            "encoder classifiers (zhtune finetune runs, merged LoRA-head models, HF directories)"
+        )
+
+    manifest = read_manifest(model) if Path(model).is_dir() else None
+    if manifest and manifest["kind"] in ("baseline", "onnx", "scoring", "lora-head"):
+        raise refuse(manifest["kind"])
     src = Classifier.load(model, max_length=max_length)
     backend = src.backend
     if not isinstance(backend, EncoderBackend):
-        raise ZhtuneError(
-            f"{model}: kind {src.kind!r} cannot be exported to ONNX; export works on encoder "
-            "classifiers (zhtune finetune runs, merged LoRA-head models, HF directories)"
-        )
+        raise refuse(src.kind)
     if data is not None and int8 is False and not data.source_given():
         data = None
     out = prepare_out_dir(out)
-    manifest = out / "zhtune.json"
-    if manifest.exists():
-        manifest.unlink()  # re-export: never leave an old manifest next to new files
+    if (out / "zhtune.json").exists():
+        (out / "zhtune.json").unlink()  # re-export: no old manifest next to new files
     fp32, q8 = out / FP32_FILE, out / INT8_FILE
     report: dict = {"source": str(model), "opset": opset, "max_length": backend.max_length}
     t0 = time.perf_counter()
