@@ -1,0 +1,329 @@
+"""``zhtune lora``: LoRA / QLoRA fine-tuning of a decoder LLM as a text classifier.
+
+Modes (``--mode``):
+
+- ``head``: ``AutoModelForSequenceClassification`` (e.g. ``Qwen2ForSequenceClassification``)
+  with LoRA on the attention projections; the new ``score`` layer trains and is saved with
+  the adapter. ``--freeze-base`` trains the head alone (no LoRA): a cheap baseline.
+- ``scoring``: the causal LM scores each class's label word(s) after a prompt
+  (:mod:`zhtune.llm_scoring`); LoRA training raises the probability of the gold word.
+
+``--qlora`` loads the base in 4-bit NF4 with double quantization (bitsandbytes; CPU or GPU)
+and trains LoRA on top of it (``peft.prepare_model_for_kbit_training``). Training settings,
+checkpoints (adapter only), resume, history and figures are those of ``zhtune finetune``
+(:mod:`zhtune.training`). The run directory holds ``adapter_model.safetensors`` +
+``adapter_config.json`` (or ``head.safetensors``), the tokenizer, and ``zhtune.json`` (kind
+``lora-head`` or ``scoring``: mode, base model, template, label words), so
+``Classifier.load(run_dir)`` works; ``zhtune merge`` writes a standalone model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from zhtune.config import add_config_args, arg, check, config_from_args, save_config
+from zhtune.data import DataConfig, load_splits
+from zhtune.errors import ConfigError
+from zhtune.llm_models import load_backend  # noqa: F401 - Classifier kinds lora-head, scoring
+from zhtune.llm_scoring import DEFAULT_TEMPLATE, SCORE_NORMS, WORD_AGGS, parse_label_words
+from zhtune.llm_scoring import parse_template as _parse_template
+from zhtune.runs import prepare_out_dir, write_json, write_manifest
+from zhtune.training import TrainingConfig, count_parameters, free_memory, run_trainer
+
+log = logging.getLogger("zhtune")
+
+MODES = ("head", "scoring")
+DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
+
+
+@dataclass
+class LlmConfig(TrainingConfig):
+    """LoRA / QLoRA on a decoder LLM: classification head or label scoring."""
+
+    model: str = arg("", "causal LM directory or hub id (e.g. runs/pretrain-clm-tiny)")
+    tokenizer: str | None = arg(None, "tokenizer directory or hub id (default: the model's)")
+    mode: str = arg("head", "classification head on the last token, or label-word scoring", MODES)
+    lora_r: int = arg(8, "LoRA rank")
+    lora_alpha: int = arg(16, "LoRA scaling numerator (scale = alpha / r)")
+    lora_dropout: float = arg(0.05, "dropout on the LoRA input")
+    target_modules: list[str] = arg(DEFAULT_TARGETS, "linear layers that get LoRA adapters")
+    qlora: bool = arg(False, "load the base in 4-bit NF4 + double quantization (bitsandbytes)")
+    gradient_checkpointing: bool = arg(False, "recompute activations in backward (less memory)")
+    freeze_base: bool = arg(False, "mode head: train only the classification head (no LoRA)")
+    prompt_template: str = arg(DEFAULT_TEMPLATE, "mode scoring: prompt with {text} (\\n = newline)")
+    label_words: dict[str, str] | str | None = arg(
+        None,
+        "mode scoring: LABEL=WORD[|WORD...],... (default: 正面/负面/中性 for sentiment labels, "
+        "else the label names)",
+    )
+    score_norm: str = arg("sum", "multi-token words: sum or mean of token log-probs", SCORE_NORMS)
+    word_agg: str = arg("logsumexp", "several words per class: combine their scores", WORD_AGGS)
+    learning_rate: float = arg(2e-4, "peak learning rate of AdamW (LoRA needs a larger one)")
+    batch_size: int = arg(8, "training batch size per step (before accumulation)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(bool(self.model.strip()), "model", "give --model DIR|HUB_ID (a causal LM)")
+        check(self.lora_r >= 1, "lora_r", f"must be >= 1, got {self.lora_r}")
+        check(self.lora_alpha >= 1, "lora_alpha", f"must be >= 1, got {self.lora_alpha}")
+        check(0 <= self.lora_dropout < 1, "lora_dropout", f"must be in [0, 1), got {self.lora_dropout}")  # fmt: skip
+        check(bool(self.target_modules), "target_modules", "give at least one module name")
+        check(
+            not (self.freeze_base and self.mode != "head"),
+            "freeze_base",
+            "only for --mode head (scoring has no head to train)",
+        )
+        check(
+            not (self.mode == "scoring" and self.loss != "ce"),
+            "loss",
+            "focal loss is for --mode head; scoring trains the label words' log-likelihood",
+        )
+        self.prompt_template = _parse_template(self.prompt_template)
+        words = parse_label_words(self.label_words)
+        self.label_words = (
+            None if words is None else ",".join(f"{k}={'|'.join(v)}" for k, v in words.items())
+        )
+
+
+# --- a run ---------------------------------------------------------------------------------
+def build_model(cfg: LlmConfig, labels: list[str], tokenizer: Any, splits: Any):
+    """(model for the Trainer, train set, dev set, collator or None, extra manifest fields)."""
+    from zhtune.llm_models import (
+        HeadOnlyModel,
+        ScoringModel,
+        add_lora,
+        freeze_all_but_head,
+        load_base,
+    )
+    from zhtune.llm_scoring import LabelScorer, ScoringCollator, prompt_dataset, resolve_label_words
+    from zhtune.training import class_weight_tensor, seed_everything, tokenize_split
+
+    scorer = None
+    if cfg.mode == "scoring":  # bad label words / template fail before the model loads
+        words = resolve_label_words(labels, cfg.label_words)
+        scorer = LabelScorer(tokenizer, cfg.prompt_template, words, cfg.score_norm,
+                             cfg.word_agg, cfg.max_length)  # fmt: skip
+    seed_everything(cfg.seed)  # the new head and the LoRA matrices start the same
+    base = load_base(cfg.model, cfg.mode, tokenizer, labels, qlora=cfg.qlora)
+    lora = dict(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
+                target_modules=cfg.target_modules, qlora=cfg.qlora,
+                gradient_checkpointing=cfg.gradient_checkpointing)  # fmt: skip
+    lmap = splits.label_map
+    if scorer is None:
+        if cfg.freeze_base:
+            model = HeadOnlyModel(freeze_all_but_head(base, cfg.gradient_checkpointing))
+        else:
+            model = add_lora(base, "head", **lora)
+        train = tokenize_split(splits.train, lmap, tokenizer, cfg.max_length)
+        dev = tokenize_split(splits.dev, lmap, tokenizer, cfg.max_length)
+        return model, train, dev, None, {}
+    ids = splits.train.label_ids(lmap)
+    weight = class_weight_tensor(cfg.class_weights, ids, len(labels))
+    model = ScoringModel(add_lora(base, "scoring", **lora), scorer, weight)
+    train = prompt_dataset(scorer, splits.train.texts, ids)
+    dev = prompt_dataset(scorer, splits.dev.texts, splits.dev.label_ids(lmap))
+    extra = {
+        "template": scorer.template,
+        "label_words": scorer.label_words,
+        "score_norm": cfg.score_norm,
+        "word_agg": cfg.word_agg,
+    }
+    return model, train, dev, ScoringCollator(scorer), extra
+
+
+def _save(model: Any, cfg: LlmConfig, out: Path) -> None:
+    """Adapter (+ head) in safetensors; or ``head.safetensors`` with ``--freeze-base``."""
+    from safetensors.torch import save_file
+
+    from zhtune.llm_models import HEAD_FILE, HeadOnlyModel, ScoringModel
+
+    if isinstance(model, HeadOnlyModel):
+        state = {f"score.{k}": v.contiguous() for k, v in model.model.score.state_dict().items()}
+        save_file(state, str(out / HEAD_FILE))
+        return
+    peft_model = model.lm if isinstance(model, ScoringModel) else model
+    peft_model.save_pretrained(str(out), safe_serialization=True)
+
+
+def save_run(model: Any, cfg: LlmConfig, out: Path, labels: list[str], tokenizer: Any,
+             base_ref: str, extra: dict) -> None:  # fmt: skip
+    """Adapter/head, tokenizer and ``zhtune.json``: what ``Classifier.load(out)`` reads."""
+    _save(model, cfg, out)
+    tokenizer.save_pretrained(out)
+    lora = {"r": cfg.lora_r, "alpha": cfg.lora_alpha, "dropout": cfg.lora_dropout,
+            "target_modules": cfg.target_modules}  # fmt: skip
+    write_manifest(
+        out,
+        "lora-head" if cfg.mode == "head" else "scoring",
+        labels,
+        mode=cfg.mode,
+        base_model=base_ref,
+        qlora=cfg.qlora,
+        freeze_base=cfg.freeze_base,
+        lora=None if cfg.freeze_base else lora,
+        max_length=cfg.max_length,
+        **extra,
+    )
+
+
+def run_lora(cfg: LlmConfig, out: str | Path) -> dict:
+    """Train, keep the best dev checkpoint, save, score the test split; returns test metrics."""
+    from zhtune.classifier import Classifier
+    from zhtune.evaluation.scoring import write_test_outputs
+    from zhtune.inference import set_threads
+    from zhtune.llm_models import load_llm_tokenizer, model_ref
+
+    set_threads()
+    base_ref = model_ref(cfg.model)
+    out = prepare_out_dir(out)
+    save_config(cfg, out)
+    splits = load_splits(cfg)
+    write_json(out / "data.json", splits.report)
+    for w in splits.report["warnings"]:
+        log.warning(w)
+    labels = list(splits.label_map.names)
+    tokenizer = load_llm_tokenizer(cfg.model, cfg.tokenizer)
+    model, train, dev, collator, extra = build_model(cfg, labels, tokenizer, splits)
+    params = count_parameters(model)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    log.info(
+        "lora %s (mode %s%s%s): %d trainable of %d parameters; %d train / %d dev / %d test rows",
+        cfg.model, cfg.mode, ", qlora" if cfg.qlora else "", ", frozen base" if cfg.freeze_base
+        else "", trainable, params, len(splits.train), len(splits.dev), len(splits.test),
+    )  # fmt: skip
+    result = run_trainer(
+        model,
+        train,
+        dev,
+        cfg,
+        out,
+        labels,
+        tokenizer=tokenizer,
+        data_collator=collator,
+        loss_fn="auto" if cfg.mode == "head" else None,
+    )
+    save_run(result.model, cfg, out, labels, tokenizer, base_ref, extra)
+    evals = [r for r in result.history if r.get("kind") == "eval"]
+    best_step = (
+        int(str(result.best_checkpoint).rsplit("-", 1)[1]) if result.best_checkpoint else None
+    )
+    best_eval = next((r for r in evals if r["step"] == best_step), evals[-1] if evals else {})
+    result.model = None
+    del model
+    free_memory()
+    clf = Classifier.load(out)
+    name = (
+        f"{'qlora' if cfg.qlora else 'lora'}-{cfg.mode}" if not cfg.freeze_base else "frozen-head"
+    )
+    metrics_extra = {
+        "model": f"{name}:{Path(cfg.model).name or cfg.model}",
+        "train_seconds": result.train_seconds,
+        "parameters": params,
+        "trainable_parameters": trainable,
+        "steps": result.global_step,
+        "best_step": best_step,
+        "stopped_early": result.stopped_early,
+        "resumed_from": result.resumed_from,
+        "dev_accuracy": best_eval.get("eval_accuracy"),
+        "dev_macro_f1": best_eval.get("eval_macro_f1"),
+    }
+    metrics = write_test_outputs(clf, splits, out, extra=metrics_extra, batch_size=cfg.eval_bs)
+    del clf
+    free_memory()
+    return metrics
+
+
+# --- the quickstart's LLM branch -----------------------------------------------------------
+def run_llm_branch(
+    data_cfg: DataConfig,
+    out: str | Path,
+    *,
+    base_model: str | None = None,
+    pretrain_minutes: float = 3.0,
+    max_train_samples: int | None = 2000,
+    max_eval_samples: int | None = 500,
+    epochs: float = 1.0,
+) -> list[dict]:
+    """Tiny causal LM -> LoRA head, LoRA scoring and zero-shot scoring; one row per model.
+
+    ``base_model``: an existing causal LM directory; else one is pretrained into
+    ``out/pretrain-clm`` (the tiny Qwen2 of configs/pretrain-clm-tiny.yaml, stopped after
+    ``pretrain_minutes``). Each row has model, accuracy, macro_f1, train_seconds,
+    model_bytes and texts_per_second (and the rest of ``metrics.json``)."""
+    import dataclasses
+
+    from zhtune.zeroshot import ZeroShotConfig, run_zero_shot
+
+    out = prepare_out_dir(out)
+    if base_model is None:
+        base_model = str(_pretrain_tiny_clm(data_cfg, out / "pretrain-clm", pretrain_minutes))
+    data = {f.name: getattr(data_cfg, f.name) for f in dataclasses.fields(DataConfig)}
+    data["max_train_samples"] = data["max_train_samples"] or max_train_samples
+    data["max_eval_samples"] = data["max_eval_samples"] or max_eval_samples
+    common = dict(model=base_model, num_train_epochs=epochs, batch_size=16, learning_rate=1e-3,
+                  max_length=96, eval_every=0.5, progress=False, report_to="none", **data)  # fmt: skip
+    rows = []
+    for name, kw in (("lora-head", {"mode": "head"}), ("lora-scoring", {"mode": "scoring"})):
+        log.info("LLM branch: %s", name)
+        rows.append(run_lora(LlmConfig(**common, **kw), out / name))
+    log.info("LLM branch: zero-shot")
+    zs = ZeroShotConfig(model=base_model, max_length=96, **data)
+    rows.append(run_zero_shot(zs, out / "zero-shot"))
+    return rows
+
+
+def _pretrain_tiny_clm(data_cfg: DataConfig, out: Path, minutes: float) -> Path:
+    from zhtune.data.builtin import BUILTIN
+    from zhtune.pretrain import PretrainConfig, run_pretrain
+
+    if (out / "config.json").is_file() and any(out.glob("*.safetensors")):
+        log.info("LLM branch: reusing the causal LM in %s", out)
+        return out
+    corpus: dict[str, Any] = {}
+    if data_cfg.dataset in BUILTIN:
+        corpus["dataset"] = [data_cfg.dataset]
+    elif data_cfg.train:
+        corpus["text_files"] = [data_cfg.train]  # one text a line is fine for a corpus
+    elif data_cfg.data_dir:
+        corpus["data_dir"] = data_cfg.data_dir
+    else:
+        raise ConfigError("the LLM branch needs a built-in dataset, a train file or a data_dir")
+    cfg = PretrainConfig(objective="clm", hidden_size=128, num_heads=4, intermediate_size=512,
+                         num_hidden_layers=2, dropout=0.0, max_seq_length=96, batch_size=32,
+                         learning_rate=1e-3, warmup_steps=50, max_steps=5000, max_minutes=minutes,
+                         save_steps=0, log_steps=20, seed=data_cfg.seed, **corpus)  # fmt: skip
+    run_pretrain(cfg, out)
+    return out
+
+
+# --- CLI -----------------------------------------------------------------------------------
+SUMMARY = [
+    ("model", "model"),
+    ("accuracy", "accuracy"),
+    ("macro_f1", "macro-F1"),
+    ("dev_macro_f1", "dev macro-F1"),
+    ("n", "test rows"),
+    ("steps", "steps"),
+    ("train_seconds", "train s"),
+    ("model_bytes", "model bytes"),
+    ("texts_per_second", "texts/s"),
+]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, help="run directory to write")
+    add_config_args(parser, LlmConfig)
+
+
+def run_cli(ns: argparse.Namespace) -> int:
+    from zhtune.evaluation.metrics import format_table
+
+    cfg = config_from_args(LlmConfig, ns)
+    m = run_lora(cfg, ns.out)
+    print(format_table([m], SUMMARY))
+    print(f"\nrun directory: {ns.out}")
+    return 0

@@ -1,0 +1,477 @@
+"""Decoder LLMs for classification: loading (full precision or 4-bit NF4), LoRA, the
+training wrappers and the inference backends of kinds ``lora-head`` and ``scoring``.
+
+Two ways to classify with a causal LM:
+
+- ``head``: ``AutoModelForSequenceClassification`` (``Qwen2ForSequenceClassification``: a
+  linear ``score`` layer on the hidden state of the last non-padding token). With LoRA the
+  ``score`` layer trains and is saved with the adapter (``modules_to_save``); with
+  ``freeze_base`` only ``score`` trains and is saved as ``head.safetensors``.
+- ``scoring``: the causal LM itself scores label words after a prompt
+  (:mod:`zhtune.llm_scoring`).
+
+A run directory stores the adapter (``adapter_model.safetensors``, ``adapter_config.json``),
+the tokenizer and ``zhtune.json`` naming the base model; a merged model (``zhtune merge``)
+or a zero-shot run stores the full model or only the reference.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from zhtune.errors import ConfigError, ModelLoadError
+from zhtune.llm_scoring import IGNORE, LabelScorer, softmax_np
+
+log = logging.getLogger("zhtune")
+
+HEAD_FILE = "head.safetensors"
+ADAPTER_FILE = "adapter_model.safetensors"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
+
+
+# --- loading -------------------------------------------------------------------------------
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Silence the load reports / progress bars of ``from_pretrained`` (expected new heads)."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def model_ref(model: str) -> str:
+    """An absolute path for a local model directory (so a run dir works from anywhere), else
+    the hub id as given. Fails fast on a local path that does not exist."""
+    local = Path(model).expanduser()
+    if local.is_dir():
+        return str(local.resolve())
+    if local.exists():
+        raise ModelLoadError(f"{model}: not a model directory")
+    if local.is_absolute() or model.startswith((".", "~")) or model.count("/") > 1:
+        raise ModelLoadError(f"{model}: no such model directory")
+    return model
+
+
+def load_llm_tokenizer(model: str, tokenizer: str | None = None):
+    """``tokenizer`` if given, else the model's own, else the built-in Chinese BERT vocab.
+
+    A tokenizer without a padding token pads with its end-of-text (or unknown) token."""
+    from zhtune.text import load_tokenizer
+
+    if tokenizer:
+        tok = load_tokenizer(None if tokenizer.lower() in ("builtin", "none") else tokenizer)
+    else:
+        local = Path(model)
+        if local.is_dir() and not any((local / f).is_file() for f in TOKENIZER_FILES):
+            log.warning(
+                "%s has no tokenizer files: using the built-in Chinese BERT vocabulary", model
+            )
+            tok = load_tokenizer(None)
+        else:
+            tok = _declared_tokenizer(local) or load_tokenizer(model)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token or tok.unk_token
+        if tok.pad_token is None:
+            raise ModelLoadError(
+                f"the tokenizer of {model} has no pad, eos or unk token to pad with"
+            )
+    return tok
+
+
+def _declared_tokenizer(path: Path) -> Any | None:
+    """The tokenizer class a local directory declares in ``tokenizer_config.json``.
+
+    ``AutoTokenizer`` in transformers 5 ignores the declared class for some model types
+    (qwen2 among them) and would read the Chinese BERT vocabulary of a ``zhtune pretrain``
+    causal LM as a byte-level Qwen2 tokenizer."""
+    import json
+
+    import transformers
+
+    cfg_file = path / "tokenizer_config.json"
+    if not cfg_file.is_file():
+        return None
+    try:
+        name = json.loads(cfg_file.read_text(encoding="utf-8")).get("tokenizer_class") or ""
+    except ValueError:
+        return None
+    cls = getattr(transformers, name, None) or getattr(
+        transformers, name.removesuffix("Fast"), None
+    )
+    if cls is None or not name.startswith("Bert"):
+        return None
+    try:
+        return cls.from_pretrained(str(path))
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"cannot load a tokenizer from {path}: {e}") from None
+
+
+def quantization_config(compute_dtype: torch.dtype):
+    """4-bit NF4 with double quantization (QLoRA); the heads stay in full precision."""
+    try:
+        import bitsandbytes  # noqa: F401
+        from transformers import BitsAndBytesConfig
+    except ImportError:
+        raise ConfigError(
+            "config field 'qlora': needs the bitsandbytes package (pip install bitsandbytes)"
+        ) from None
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute_dtype,
+        llm_int8_skip_modules=["score", "lm_head"],
+    )
+
+
+def compute_dtype() -> torch.dtype:
+    """fp32 on CPU; bf16 (else fp16) on a GPU."""
+    if torch.cuda.is_available():
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def load_base(
+    model: str,
+    mode: str,
+    tokenizer: Any,
+    labels: Sequence[str] | None = None,
+    qlora: bool = False,
+) -> Any:
+    """The base model: ``AutoModelForSequenceClassification`` (mode head, with ``labels``) or
+    ``AutoModelForCausalLM`` (scoring); fp32 (CPU) or 4-bit NF4 (``qlora``). Safetensors only."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    from zhtune.inference import check_safetensors
+
+    local = Path(model)
+    check_safetensors(local)
+    extra: dict[str, Any] = {}
+    if mode == "head":
+        if not labels:
+            raise ValueError("mode head needs the label names")
+        extra = {
+            "num_labels": len(labels),
+            "id2label": dict(enumerate(labels)),
+            "label2id": {name: i for i, name in enumerate(labels)},
+            "pad_token_id": tokenizer.pad_token_id,
+        }
+    try:
+        config = AutoConfig.from_pretrained(model, **extra)
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"cannot load a model config from {model!r}: {e}") from None
+    vocab = getattr(config, "vocab_size", None)
+    if vocab is not None and len(tokenizer) > vocab:
+        raise ModelLoadError(
+            f"the tokenizer has {len(tokenizer)} entries but the model's vocabulary only {vocab}; "
+            "use the tokenizer the model was trained with (--tokenizer)"
+        )
+    kw: dict[str, Any] = {"config": config, "use_safetensors": True, "dtype": torch.float32}
+    if qlora:
+        kw["quantization_config"] = quantization_config(compute_dtype())
+        kw["device_map"] = {"": 0} if torch.cuda.is_available() else "cpu"
+    auto = AutoModelForSequenceClassification if mode == "head" else AutoModelForCausalLM
+    try:
+        with quiet_transformers():
+            return auto.from_pretrained(model, **kw)
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"cannot load {model!r} as a {auto.__name__}: {e}") from None
+
+
+def linear_module_names(model: Any) -> list[str]:
+    """Short names of the linear layers (candidates for ``target_modules``)."""
+    names = {
+        name.rsplit(".", 1)[-1]
+        for name, m in model.named_modules()
+        if isinstance(m, torch.nn.Linear) or type(m).__name__.startswith("Linear")
+    }
+    return sorted(names - {"score", "lm_head"})
+
+
+def add_lora(
+    model: Any,
+    mode: str,
+    r: int,
+    alpha: int,
+    dropout: float,
+    target_modules: Sequence[str],
+    qlora: bool = False,
+    gradient_checkpointing: bool = False,
+) -> Any:
+    """Wrap ``model`` in a peft LoRA model (task SEQ_CLS trains and saves ``score`` too)."""
+    from peft import LoraConfig, TaskType, get_peft_model, prepare_model_for_kbit_training
+
+    ckpt_kw = {"use_reentrant": False}
+    if qlora:  # fp32 norms/head, input grads, optional checkpointing
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=gradient_checkpointing,
+            gradient_checkpointing_kwargs=ckpt_kw,
+        )
+    elif gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=ckpt_kw)
+    found = linear_module_names(model)
+    missing = [t for t in target_modules if t not in found]
+    if missing:
+        raise ConfigError(
+            f"config field 'target_modules': {', '.join(missing)} not in the model; "
+            f"its linear layers: {', '.join(found)}"
+        )
+    lora = LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=list(target_modules),
+        task_type=TaskType.SEQ_CLS if mode == "head" else TaskType.CAUSAL_LM,
+        modules_to_save=["score"] if mode == "head" else None,
+    )
+    return get_peft_model(model, lora)
+
+
+def freeze_all_but_head(model: Any, gradient_checkpointing: bool = False) -> Any:
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    for name, p in model.named_parameters():
+        p.requires_grad = name.startswith("score.")
+    model.score.float()
+    return model
+
+
+# --- training wrappers ---------------------------------------------------------------------
+class TrainableState(torch.nn.Module):
+    """A wrapper whose state dict is its *trainable* parameters only.
+
+    The Trainer saves ``state_dict()`` of a model that is not a ``PreTrainedModel`` as the
+    checkpoint's ``model.safetensors`` and loads it back (best model, resume) with
+    ``load_state_dict(sd, strict=False)``: so checkpoints hold the adapter/head, not the
+    frozen base."""
+
+    def trainable_names(self) -> list[str]:
+        return [n for n, p in self.named_parameters() if p.requires_grad]
+
+    def state_dict(self, *args: Any, prefix: str = "", **kwargs: Any) -> dict[str, torch.Tensor]:
+        # read the trainable parameters directly: the full state dict would serialise (and,
+        # for bitsandbytes 4-bit layers on CPU, repack) every frozen base weight
+        return {
+            prefix + n: p.detach().contiguous()
+            for n, p in self.named_parameters()
+            if p.requires_grad
+        }
+
+    def load_state_dict(self, state_dict: dict, strict: bool = True, assign: bool = False):
+        from torch.nn.modules.module import _IncompatibleKeys
+
+        names = set(self.trainable_names())
+        unexpected = [k for k in state_dict if k not in names]
+        missing = [k for k in names if k not in state_dict]
+        if strict and (unexpected or missing):
+            raise RuntimeError(f"state dict mismatch: missing {missing}, unexpected {unexpected}")
+        keep = {k: v for k, v in state_dict.items() if k in names}
+        super().load_state_dict(keep, strict=False, assign=assign)
+        return _IncompatibleKeys(missing, unexpected)
+
+
+class HeadOnlyModel(TrainableState):
+    """A sequence-classification model whose base is frozen (``--freeze-base``)."""
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask=None, labels=None):
+        return self.model(
+            input_ids=input_ids, attention_mask=attention_mask, labels=labels, use_cache=False
+        )
+
+
+class ScoringModel(TrainableState):
+    """Training/evaluation view of label scoring for the Trainer.
+
+    Batches come from :class:`zhtune.llm_scoring.ScoringCollator` (B*W candidate rows and B
+    class ids). Training forwards only the gold class's rows: loss
+    ``-log sum_{w in gold} P(w | prompt)``, averaged over the B texts (times the class weight,
+    if any). Evaluation forwards all rows and returns the class scores as ``logits`` (B, C)
+    and the same loss."""
+
+    def __init__(self, lm: Any, scorer: LabelScorer, class_weight: torch.Tensor | None = None):
+        super().__init__()
+        self.lm = lm
+        self.scorer = scorer
+        self.class_weight = class_weight
+
+    def _loss(self, gold_sums: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        nll = -gold_sums.logsumexp(-1)  # (B,)
+        if self.class_weight is not None:
+            nll = nll * self.class_weight.to(nll.device)[labels]
+        return nll.mean()
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, word_targets=None,
+                labels=None):  # fmt: skip
+        from transformers.modeling_outputs import SequenceClassifierOutput
+
+        W = self.scorer.n_words
+        B = input_ids.shape[0] // W
+        batch = {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "position_ids": position_ids,
+            "word_targets": word_targets,
+        }
+        cls = self.scorer.word_class.to(input_ids.device)
+        gold = None if labels is None else cls[None, :] == labels[:, None]  # (B, W)
+        if self.training:
+            if gold is None:
+                raise ValueError("training needs labels")
+            rows = gold.flatten().nonzero().squeeze(1)  # the gold words' rows
+            sums, _ = self.scorer.word_logprobs(self.lm, {k: v[rows] for k, v in batch.items()})
+            full = torch.full((B * W,), float("-inf"), dtype=sums.dtype, device=sums.device)
+            full = full.index_put((rows,), sums)  # (B*W,), -inf off the gold words
+            return SequenceClassifierOutput(loss=self._loss(full.view(B, W), labels))
+        sums, counts = self.scorer.word_logprobs(self.lm, batch)  # (B*W,)
+        logits = self.scorer.class_scores(self.scorer.normalise(sums, counts).view(B, W))
+        loss = None
+        if gold is not None:
+            loss = self._loss(sums.view(B, W).masked_fill(~gold, float("-inf")), labels)
+        return SequenceClassifierOutput(loss=loss, logits=logits)
+
+
+# --- inference backends --------------------------------------------------------------------
+def check_adapter(path: Path) -> bool:
+    """True when ``path`` holds a safetensors LoRA adapter; refuses pickled adapters."""
+    if (path / ADAPTER_FILE).is_file():
+        return True
+    if (path / "adapter_model.bin").is_file():
+        raise ModelLoadError(f"{path}: the adapter is a pickle file; zhtune loads safetensors only")
+    return False
+
+
+def base_of(path: Path, manifest: dict, base_model: str | None = None) -> str:
+    """The base model a run directory was trained from (``base_model`` overrides)."""
+    if manifest.get("standalone"):
+        return str(path)
+    ref = base_model or manifest.get("base_model")
+    if not ref:
+        raise ModelLoadError(f"{path}/zhtune.json names no base_model")
+    if not Path(ref).is_dir() and (Path(ref).is_absolute() or str(ref).startswith(".")):
+        raise ModelLoadError(
+            f"{path}: the base model {ref} is missing; pass base_model=... to Classifier.load"
+        )
+    return str(ref)
+
+
+def load_tuned(path: Path | str, manifest: dict, base_model: str | None = None,
+               for_training: bool = False) -> tuple[Any, Any]:  # fmt: skip
+    """(model, tokenizer) of a ``lora-head`` or ``scoring`` directory: base + adapter/head.
+
+    Full-precision adapters are merged for inference (faster, same outputs up to ~1e-6);
+    QLoRA adapters run on the 4-bit base as trained."""
+    from peft import PeftModel
+
+    path = Path(path)
+    mode = "head" if manifest["kind"] == "lora-head" else "scoring"
+    base = base_of(path, manifest, base_model)
+    tok = load_llm_tokenizer(str(path) if (path / "tokenizer_config.json").is_file() else base)
+    qlora = bool(manifest.get("qlora")) and not manifest.get("standalone")
+    model = load_base(base, mode, tok, manifest.get("labels"), qlora=qlora)
+    if manifest.get("freeze_base") and not manifest.get("standalone"):
+        from safetensors.torch import load_file
+
+        state = load_file(str(path / HEAD_FILE))
+        model.score.load_state_dict({k.removeprefix("score."): v for k, v in state.items()})
+    elif not manifest.get("standalone") and check_adapter(path):
+        with quiet_transformers():
+            model = PeftModel.from_pretrained(model, str(path), is_trainable=for_training)
+        if not qlora and not for_training:
+            model = model.merge_and_unload()
+    return model.eval(), tok
+
+
+class HeadBackend:
+    """LoRA (or frozen-base) sequence-classification LLM: softmax over the head's logits."""
+
+    def __init__(self, model: Any, tokenizer: Any, labels: list[str], max_length: int) -> None:
+        self.model, self.tokenizer = model, tokenizer
+        self.labels, self.max_length = labels, max_length
+
+    def predict_proba(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
+        from zhtune.inference import encode_batches, softmax
+
+        out = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
+        device = next(self.model.parameters()).device
+        with torch.inference_mode():
+            for idx, feed in encode_batches(
+                self.tokenizer, texts, batch_size, self.max_length, ("input_ids", "attention_mask")
+            ):
+                inputs = {k: torch.from_numpy(v).to(device) for k, v in feed.items()}
+                out[idx] = self.model(**inputs).logits.float().cpu().numpy()  # (B, C)
+        return softmax(out)
+
+
+class ScoringBackend:
+    """Label scoring with a causal LM: softmax over the class scores."""
+
+    def __init__(self, model: Any, scorer: LabelScorer) -> None:
+        self.model, self.scorer = model, scorer
+        self.labels = scorer.labels
+
+    def predict_proba(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
+        # a batch is batch_size texts x W label words; keep the rows per forward bounded
+        per = max(1, batch_size // max(1, self.scorer.n_words // 2))
+        return softmax_np(self.scorer.predict_scores(self.model, texts, per))
+
+
+def scorer_from_manifest(tokenizer: Any, manifest: dict) -> LabelScorer:
+    return LabelScorer(
+        tokenizer,
+        manifest["template"],
+        {k: list(v) for k, v in manifest["label_words"].items()},
+        manifest.get("score_norm", "sum"),
+        manifest.get("word_agg", "logsumexp"),
+        int(manifest.get("max_length", 128)),
+    )
+
+
+def load_backend(path: Path | str, manifest: dict, **kw: Any) -> HeadBackend | ScoringBackend:
+    """Classifier backend for kinds ``lora-head`` and ``scoring`` (``base_model=`` overrides
+    the base named in zhtune.json; ``max_length=`` the truncation)."""
+    from zhtune.inference import set_threads
+
+    set_threads()
+    model, tok = load_tuned(path, manifest, kw.get("base_model"))
+    if kw.get("max_length"):
+        manifest = {**manifest, "max_length": int(kw["max_length"])}
+    if manifest["kind"] == "lora-head":
+        return HeadBackend(
+            model, tok, list(manifest["labels"]), int(manifest.get("max_length", 128))
+        )
+    return ScoringBackend(model, scorer_from_manifest(tok, manifest))
+
+
+__all__ = [
+    "IGNORE",
+    "HeadBackend",
+    "HeadOnlyModel",
+    "ScoringBackend",
+    "ScoringModel",
+    "TrainableState",
+    "add_lora",
+    "load_backend",
+    "load_base",
+    "load_llm_tokenizer",
+    "load_tuned",
+]
