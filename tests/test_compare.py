@@ -127,7 +127,7 @@ def test_compare_end_to_end_adds_the_baseline(tmp_path, data_csv, keyword_kind, 
         ["-q", "compare", str(run), "--train", str(data_csv), *SPLIT, "--out", str(out), *FAST]
     )
     assert rc == 0
-    assert (out / "baseline" / "model.skops").is_file()  # trained on the same data
+    assert (out / "baseline" / "baseline.safetensors").is_file()  # trained on the same data
     comp = json.loads((out / "comparison.json").read_text(encoding="utf-8"))
     names = [r["name"] for r in comp["rows"]]
     assert names == ["kw", "baseline (TF-IDF)"]

@@ -1,11 +1,11 @@
 """TF-IDF (character 1-3 grams) + a linear classifier: the baseline every model must beat.
 
-The fitted pipeline is saved with skops (``model.skops``), which rebuilds only an explicit
-list of trusted scikit-learn/numpy types on load: no pickle of user-controlled files.
+The fitted model is saved as JSON + safetensors (see ``BaselineModel``): no pickle.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Sequence
@@ -17,18 +17,26 @@ import numpy as np
 from zhtune.config import arg, check, save_config, validate_choices
 from zhtune.data import DataConfig, load_splits
 from zhtune.errors import ModelLoadError
-from zhtune.runs import prepare_out_dir, write_json, write_manifest
+from zhtune.runs import MANIFEST, prepare_out_dir, write_json, write_manifest
 
 log = logging.getLogger("zhtune")
-MODEL_FILE = "model.skops"
+META_FILE = "baseline.json"
+WEIGHTS_FILE = "baseline.safetensors"
+VECTORIZER_PARAMS = (
+    "analyzer",
+    "ngram_range",
+    "sublinear_tf",
+    "min_df",
+    "max_features",
+    "lowercase",
+)
 
 
 @dataclass
 class BaselineConfig(DataConfig):
     """TF-IDF + linear model."""
 
-    classifier: str = arg("logreg", "linear model", ("logreg", "linearsvc"))
-    C: float = arg(10.0, "inverse regularisation strength (LinearSVC: try 0.5)")
+    C: float = arg(10.0, "inverse regularisation strength of the logistic regression")
     ngram_min: int = arg(1, "smallest character n-gram")
     ngram_max: int = arg(3, "largest character n-gram")
     min_df: int = arg(2, "ignore n-grams seen in fewer documents")
@@ -46,17 +54,11 @@ class BaselineConfig(DataConfig):
 
 
 def build_pipeline(cfg: BaselineConfig):
-    from sklearn.calibration import CalibratedClassifierCV
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import Pipeline
-    from sklearn.svm import LinearSVC
 
     cw = None if cfg.class_weight == "none" else "balanced"
-    if cfg.classifier == "logreg":
-        clf = LogisticRegression(C=cfg.C, class_weight=cw, max_iter=2000)
-    else:  # LinearSVC has no probabilities: calibrate it (sigmoid, 3-fold)
-        clf = CalibratedClassifierCV(LinearSVC(C=cfg.C, class_weight=cw), cv=3)
     vec = TfidfVectorizer(
         analyzer="char",
         ngram_range=(cfg.ngram_min, cfg.ngram_max),
@@ -64,11 +66,18 @@ def build_pipeline(cfg: BaselineConfig):
         min_df=cfg.min_df,
         max_features=cfg.max_features,
     )
-    return Pipeline([("tfidf", vec), ("clf", clf)])
+    return Pipeline(
+        [("tfidf", vec), ("clf", LogisticRegression(C=cfg.C, class_weight=cw, max_iter=2000))]
+    )
 
 
 class BaselineModel:
-    """A fitted pipeline and its label names; implements the Classifier backend protocol."""
+    """A fitted TF-IDF + logistic-regression pipeline and its label names.
+
+    Saved in a format of our own, with no pickle: ``baseline.json`` (vectorizer settings and
+    the n-gram vocabulary in index order) and ``baseline.safetensors`` (idf, coefficients,
+    intercepts). Loading rebuilds the scikit-learn objects from those arrays.
+    """
 
     def __init__(self, pipeline, labels: list[str]) -> None:
         self.pipeline = pipeline
@@ -78,35 +87,56 @@ class BaselineModel:
         return self.pipeline.predict_proba(list(texts))
 
     def save(self, out: Path) -> None:
-        import skops.io as sio
+        from safetensors.numpy import save_file
 
-        sio.dump(self.pipeline, out / MODEL_FILE)
+        vec, clf = self.pipeline.named_steps["tfidf"], self.pipeline.named_steps["clf"]
+        vocab = sorted(vec.vocabulary_, key=vec.vocabulary_.__getitem__)
+        params = {k: vec.get_params()[k] for k in VECTORIZER_PARAMS}
+        meta = {"format": 1, "vectorizer": params, "vocabulary": vocab}
+        write_json(out / META_FILE, meta)
+        arrays = {"idf": vec.idf_, "coef": clf.coef_, "intercept": clf.intercept_}
+        save_file(
+            {k: np.ascontiguousarray(v, dtype=np.float64) for k, v in arrays.items()},
+            str(out / WEIGHTS_FILE),
+        )
 
     @classmethod
     def load(cls, path: Path) -> BaselineModel:
-        import json
+        from safetensors import SafetensorError
+        from safetensors.numpy import load_file
+        from sklearn.feature_extraction.text import TfidfVectorizer
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import Pipeline
 
-        import skops.io as sio
-
-        f = Path(path) / MODEL_FILE
-        if not f.is_file():
-            raise ModelLoadError(f"{f} not found")
+        path = Path(path)
         try:
-            untrusted = sio.get_untrusted_types(file=f)
-            allowed = [
-                t for t in untrusted if t.startswith(("sklearn.", "numpy.", "scipy.sparse."))
-            ]
-            if set(untrusted) - set(allowed):
-                raise ModelLoadError(
-                    f"{f}: refusing to load unexpected types {sorted(set(untrusted) - set(allowed))}"
-                )
-            pipeline = sio.load(f, trusted=allowed)
-        except ModelLoadError:
-            raise
-        except Exception as e:  # skops raises many types on corrupt files
-            raise ModelLoadError(f"{f}: cannot load ({type(e).__name__}: {e})") from None
-        labels = json.loads((Path(path) / "zhtune.json").read_text(encoding="utf-8"))["labels"]
-        return cls(pipeline, labels)
+            meta = json.loads((path / META_FILE).read_text(encoding="utf-8"))
+            arrays = load_file(str(path / WEIGHTS_FILE))
+            labels = json.loads((path / MANIFEST).read_text(encoding="utf-8"))["labels"]
+            params = {k: meta["vectorizer"][k] for k in VECTORIZER_PARAMS}
+            params["ngram_range"] = tuple(params["ngram_range"])
+            vocab = meta["vocabulary"]
+            idf, coef, intercept = arrays["idf"], arrays["coef"], arrays["intercept"]
+        except (OSError, ValueError, KeyError, TypeError, SafetensorError) as e:
+            raise ModelLoadError(
+                f"{path}: cannot load the baseline model ({type(e).__name__}: {e})"
+            ) from None
+        n_classes = len(labels)
+        if (
+            idf.shape != (len(vocab),)
+            or coef.shape[1] != len(vocab)
+            or coef.shape[0] != (1 if n_classes == 2 else n_classes)
+        ):
+            raise ModelLoadError(
+                f"{path}: baseline arrays do not match the vocabulary or the {n_classes} labels"
+            )
+        vec = TfidfVectorizer(**params)
+        vec.vocabulary_ = {t: i for i, t in enumerate(vocab)}
+        vec.idf_ = idf
+        clf = LogisticRegression()
+        clf.coef_, clf.intercept_, clf.classes_ = coef, intercept, np.arange(n_classes)
+        clf.n_features_in_ = len(vocab)
+        return cls(Pipeline([("tfidf", vec), ("clf", clf)]), labels)
 
 
 def load_backend(path: Path, manifest: dict, **_: object) -> BaselineModel:
@@ -137,21 +167,20 @@ def run_baseline(cfg: BaselineConfig, out: str | Path) -> dict:
     # fit on label ids so that predict_proba columns follow the label map
     pipe.fit(splits.train.texts, splits.train.label_ids(splits.label_map))
     train_seconds = time.perf_counter() - t
-    model = BaselineModel(pipe, labels)
-    model.save(out)
-    write_manifest(out, "baseline", labels, classifier=cfg.classifier)
+    # stop_words_ holds every pruned n-gram: only needed for introspection, and it made the
+    # saved model hundreds of MB (scikit-learn's docs suggest deleting it before saving).
+    pipe.named_steps["tfidf"].stop_words_ = None
+    BaselineModel(pipe, labels).save(out)
+    write_manifest(out, "baseline", labels)
+    model = BaselineModel.load(out)  # score what was saved, so the format is checked every run
     clf = Classifier(model, "baseline", str(out))
-    dev_acc = float(
-        np.mean(
-            clf.predict_proba(splits.dev.texts).argmax(1) == splits.dev.label_ids(splits.label_map)
-        )
-    )
-    head = pipe[-1]
-    params = int(head.coef_.size + head.intercept_.size) if hasattr(head, "coef_") else None
+    dev_pred = clf.predict_proba(splits.dev.texts).argmax(1)
+    dev_acc = float(np.mean(dev_pred == splits.dev.label_ids(splits.label_map)))
+    head = pipe.named_steps["clf"]
     extra = {
-        "model": f"tfidf-{cfg.classifier}",
+        "model": "tfidf-logreg",
         "train_seconds": train_seconds,
         "dev_accuracy": dev_acc,
-        "parameters": params,
+        "parameters": int(head.coef_.size + head.intercept_.size),
     }
     return write_test_outputs(clf, splits, out, extra=extra)

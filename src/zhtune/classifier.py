@@ -47,6 +47,32 @@ def load_backend(kind: str, path: Path | str, manifest: dict, **kw: Any) -> Back
     return module.load_backend(path, manifest, **kw)
 
 
+def _check_hub_id(model_id: str) -> None:
+    """Fail fast, with a clear message, when a hub id is neither cached nor reachable."""
+    from huggingface_hub import constants, model_info, try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
+
+    try:
+        if isinstance(try_to_load_from_cache(model_id, "config.json"), str):
+            return  # in the local cache
+        if constants.HF_HUB_OFFLINE:
+            raise ModelLoadError(
+                f"{model_id}: not a local directory and not in the Hugging Face cache (offline mode)"
+            )
+        model_info(model_id, timeout=10)
+    except HFValidationError:
+        raise ModelLoadError(
+            f"{model_id}: no such directory, and not a valid Hugging Face model id"
+        ) from None
+    except ModelLoadError:
+        raise
+    except Exception as e:  # network errors, 404, gated repos
+        raise ModelLoadError(
+            f"{model_id}: no such local directory, and the Hugging Face hub cannot provide it "
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+        ) from None
+
+
 class Classifier:
     """Load any zhtune model and predict label names with probabilities.
 
@@ -81,6 +107,7 @@ class Classifier:
                 )
             if not p.is_dir() and (p.exists() or str(path).startswith((".", "/"))):
                 raise ModelLoadError(f"{path}: no such model directory")
+            _check_hub_id(str(path))
             manifest = {"kind": "encoder"}
         kind = manifest["kind"]
         backend = load_backend(kind, p if p.exists() else str(path), manifest, **kw)

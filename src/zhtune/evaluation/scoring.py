@@ -22,7 +22,7 @@ def check_labels(model_labels: list[str], data_labels: list[str], where: str = "
 
 
 def dir_size(
-    path: str | Path, patterns: tuple[str, ...] = ("*.safetensors", "*.skops", "*.onnx")
+    path: str | Path, patterns: tuple[str, ...] = ("*.safetensors", "baseline.json", "*.onnx")
 ) -> int:
     """Bytes of the model weight files in a directory."""
     p = Path(path)
