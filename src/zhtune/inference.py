@@ -41,23 +41,35 @@ def check_safetensors(path: Path, allow_pickle: bool = False) -> None:
 
 
 def cpu_threads() -> int:
-    """Cores this process may use (``ZHTUNE_THREADS`` overrides)."""
+    """Intra-op threads for inference: the usable cores less those other processes keep busy
+    (1-minute load average), at least 1. ``ZHTUNE_THREADS`` overrides.
+
+    Intra-op threads meet at a barrier after every operator; when another process holds one
+    of them off its core, the whole batch waits for it. On a busy 2-core machine one thread
+    is ~15x faster than two, so the count follows the free cores rather than all cores."""
     env = int(os.environ.get("ZHTUNE_THREADS", "0") or 0)
     if env > 0:
         return env
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cores = max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    try:
+        busy = int(os.getloadavg()[0] + 0.5)
+    except (AttributeError, OSError):
+        busy = 0
+    return max(1, min(cores, cores - busy))
 
 
-def set_threads() -> None:
-    """One intra-op thread per usable core (torch's default can oversubscribe small machines)."""
+def set_threads(n: int | None = None) -> int:
+    """Set torch's intra-op thread count (default :func:`cpu_threads`); returns it."""
     import torch
 
-    n = cpu_threads()
+    n = n or cpu_threads()
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
+    log.debug("inference threads: %d", n)
+    return n
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -72,6 +73,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="apply the temperature fitted by `zhtune evaluate`",
     )
     p.add_argument(
+        "--threads",
+        type=int,
+        help="inference threads (default: the cores other processes leave free)",
+    )
+    p.add_argument(
         "--engine",
         default="local",
         choices=["local", "ray"],
@@ -96,6 +102,8 @@ def run_cli(ns: argparse.Namespace) -> int:
         from zhtune.integrations.ray import run_ray_cli
 
         return run_ray_cli(ns)
+    if ns.threads:
+        os.environ["ZHTUNE_THREADS"] = str(ns.threads)
     kw = {"int8": True} if ns.int8 else {}
     clf = Classifier.load(ns.model, calibrated=ns.calibrated, **kw)
     if ns.int8 and clf.kind not in ("encoder", "onnx"):

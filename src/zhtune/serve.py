@@ -498,6 +498,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="texts per forward pass")
     p.add_argument("--int8", action="store_true", help="PyTorch dynamic int8 (encoder models)")
     p.add_argument("--calibrated", action="store_true", help="apply the fitted temperature")
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="inference threads (default: the cores other processes leave free)",
+    )
     p.add_argument("--access-log", action="store_true", help="log every request")
     p.add_argument(
         "--graceful-timeout",
@@ -525,6 +530,8 @@ def run_cli(ns: argparse.Namespace) -> int:
         int8=ns.int8,
         calibrated=ns.calibrated,
     )
+    if ns.threads:
+        os.environ["ZHTUNE_THREADS"] = str(ns.threads)
     local = Path(ns.model)
     if str(ns.model).startswith((".", "/")) and not local.exists():
         raise ZhtuneError(f"{ns.model}: no such model directory")
