@@ -261,3 +261,17 @@ def test_cli_end_to_end(corpus, tmp_path, capsys):
     history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
     assert history[-1]["step"] == 4
     assert {"loss", "learning_rate", "tokens_per_second"} <= set(history[-1])
+
+
+def test_time_budget_decays_the_learning_rate_and_stops(corpus, tmp_path):
+    from zhtune.pretrain import _schedule
+
+    clock = {"seconds": 0.0}
+    f = _schedule(warmup=2, total=100, budget_seconds=60, clock=clock)
+    assert f(1) == 0.5 and f(10) == pytest.approx(90 / 98)
+    clock["seconds"] = 45  # three quarters of the budget: time is further along than steps
+    assert f(10) == pytest.approx(0.25)
+    clock["seconds"] = 61
+    assert f(10) == 0.0
+    result = run_pretrain(tiny(corpus, max_steps=1000, max_minutes=1e-4, save_steps=0), tmp_path)
+    assert result.metrics["steps"] < 1000 and result.metrics["stopped_by_time_budget"]

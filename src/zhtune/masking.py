@@ -33,7 +33,10 @@ def encode_words(text: str, tokenizer, words: list[str] | None = None, max_lengt
 
 def compact_word_ids(wids: Sequence[int | None]) -> np.ndarray:
     """Renumber word ids to 0..W-1 (any order); ``None`` and negatives become -1."""
-    arr = np.asarray([-1 if w is None else w for w in wids], dtype=np.int64)
+    if isinstance(wids, np.ndarray):
+        arr = wids.astype(np.int64)
+    else:
+        arr = np.asarray([-1 if w is None else w for w in wids], dtype=np.int64)
     keep = arr >= 0
     out = np.full(arr.shape, -1, dtype=np.int64)
     if keep.any():

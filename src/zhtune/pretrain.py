@@ -87,7 +87,9 @@ class PretrainConfig:
     num_train_epochs: float = arg(1.0, "passes over the corpus (ignored when max_steps is set)")
     max_steps: int | None = arg(None, "total optimizer steps (overrides num_train_epochs)")
     max_minutes: float | None = arg(
-        None, "stop training after this many minutes of this run (the model is still saved)"
+        None,
+        "training time budget (minutes, across resumes): the learning rate decays to 0 at "
+        "the budget or at the last step, whichever comes first",
     )
     learning_rate: float = arg(5e-4, "peak learning rate (AdamW)")
     weight_decay: float = arg(0.01, "AdamW weight decay (not on biases and norms)")
@@ -102,9 +104,7 @@ class PretrainConfig:
     seed: int = arg(42, "random seed (init, data order, masking, held-out split)")
     # logging and checkpoints
     log_steps: int = arg(10, "write a history row every this many steps")
-    save_steps: int = arg(
-        500, "save a checkpoint every this many steps (0 = only at the end of a time budget)"
-    )
+    save_steps: int = arg(500, "save a checkpoint every this many steps (0 = none)")
     save_total_limit: int = arg(3, "keep the newest this many checkpoints")
     resume_from_checkpoint: str = arg(
         "auto",
@@ -317,7 +317,7 @@ class PretrainResult:
     history: list[dict]
 
 
-def _optimizer(model, cfg: PretrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(model, cfg: PretrainConfig) -> torch.optim.Optimizer:
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
@@ -328,13 +328,35 @@ def _optimizer(model, cfg: PretrainConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=cfg.learning_rate, eps=cfg.adam_epsilon)
 
 
-def _schedule(warmup: int, total: int):
-    def lr_factor(step: int) -> float:  # linear warm-up, then linear decay to 0
+def _schedule(warmup: int, total: int, budget_seconds: float | None, clock: dict):
+    """Linear warm-up, then linear decay to 0 at the end of training. With a time budget
+    the end is whichever comes first, the last step or the budget, so a run stopped by
+    time still ends with a decayed learning rate (``clock["seconds"]``: time trained)."""
+
+    def lr_factor(step: int) -> float:
         if step < warmup:
             return step / warmup
-        return max(0.0, (total - step) / max(1, total - warmup))
+        left = (total - step) / max(1, total - warmup)
+        if budget_seconds:
+            left = min(left, 1 - clock["seconds"] / budget_seconds)
+        return max(0.0, left)
 
     return lr_factor
+
+
+def train_step(model, batch: dict, optimizer, scheduler, cfg: PretrainConfig, autocast) -> float:
+    """One optimizer step on one batch; returns the loss."""
+    with autocast():
+        logits, target = predict_targets(model, batch, cfg.objective)  # (M, V), (M,)
+    loss = F.cross_entropy(logits.float(), target)  # mean over the M scored positions
+    loss.backward()
+    if cfg.max_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+    optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss.item()
 
 
 def _resume_path(cfg: PretrainConfig, out: Path) -> Path | None:
@@ -392,8 +414,11 @@ def run_pretrain(
     counts = param_counts(model)
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     total = cfg.max_steps or max(1, math.ceil(cfg.num_train_epochs * steps_per_epoch))
-    optimizer = _optimizer(model, cfg)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(cfg.warmup_steps, total))
+    optimizer = make_optimizer(model, cfg)
+    budget = cfg.max_minutes * 60 if cfg.max_minutes else None
+    clock = {"seconds": 0.0}  # training seconds so far, across resumes
+    schedule = _schedule(cfg.warmup_steps, total, budget, clock)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     collate = make_collator(cfg, tokenizer, seed=cfg.seed)
     torch.manual_seed(cfg.seed)  # dropout
 
@@ -444,23 +469,20 @@ def run_pretrain(
     t_start = time.perf_counter()
     t_window, win_loss, win_steps, win_tokens, stopped = t_start, 0.0, 0, 0, None
     while step < total:
+        if budget and prev_seconds + time.perf_counter() - t_start >= budget:
+            stopped = f"time budget of {cfg.max_minutes} minutes reached at step {step}/{total}"
+            log.info("%s: training ends here (the learning rate has decayed to 0)", stopped)
+            break
         if consumed >= len(order):  # next epoch
             epoch, consumed = epoch + 1, 0
             order = batch_order(lengths, cfg.batch_size, cfg.seed, epoch, cfg.group_by_length)
         batch = collate([train[i] for i in order[consumed]])
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}  # each (B, T)
-        with autocast():
-            logits, target = predict_targets(model, batch, cfg.objective)  # (M, V), (M,)
-        loss = F.cross_entropy(logits.float(), target)
-        loss.backward()
-        if cfg.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        clock["seconds"] = prev_seconds + time.perf_counter() - t_start  # for the schedule
         lr = optimizer.param_groups[0]["lr"]
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        loss = train_step(model, batch, optimizer, scheduler, cfg, autocast)
         step, consumed = step + 1, consumed + 1
-        win_loss, win_steps = win_loss + loss.item(), win_steps + 1
+        win_loss, win_steps = win_loss + loss, win_steps + 1
         win_tokens += int(batch["attention_mask"].sum())
         if step % cfg.log_steps == 0 or step == total:
             now = time.perf_counter()
@@ -486,17 +508,12 @@ def run_pretrain(
                 )
             t_window, win_loss, win_steps, win_tokens = now, 0.0, 0, 0
         bar.update(1)
-        over_time = cfg.max_minutes and time.perf_counter() - t_start > cfg.max_minutes * 60
-        if (cfg.save_steps and step % cfg.save_steps == 0) or (over_time and step < total):
+        if cfg.save_steps and step % cfg.save_steps == 0:
             checkpoint(prev_seconds + time.perf_counter() - t_start)
         if _stop_after is not None and step >= _stop_after:
             bar.close()
             tracker.close()
             return PretrainResult(model, tokenizer, {}, history)
-        if over_time and step < total:
-            stopped = f"time budget of {cfg.max_minutes} minutes reached at step {step}/{total}"
-            log.warning("%s; saving the model (a checkpoint was saved for resuming)", stopped)
-            break
     bar.close()
     tracker.close()
     train_seconds = prev_seconds + time.perf_counter() - t_start
@@ -532,7 +549,7 @@ def _finish(cfg, out, model, tokenizer, held_out, report, history, counts, step,
         **scores,
         "steps": step,
         "planned_steps": total,
-        "stopped_early": stopped,
+        "stopped_by_time_budget": stopped,
         "final_train_loss": history[-1]["loss"] if history else None,
         "train_seconds": round(train_seconds, 2),
         "tokens_per_second": round(float(np.median(tps)), 1) if tps else None,
