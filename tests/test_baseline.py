@@ -166,7 +166,7 @@ def test_saved_format_reproduces_the_fitted_pipeline(tmp_path):
         out.mkdir()
         BaselineModel(pipe, labels).save(out)
         (out / "zhtune.json").write_text(
-            '{"kind": "baseline", "labels": %s}' % json.dumps(labels), encoding="utf-8"
+            json.dumps({"kind": "baseline", "labels": labels}), encoding="utf-8"
         )
         again = BaselineModel.load(out)
         probe = texts[:7] + ["完全没见过的句子"]
