@@ -257,8 +257,9 @@ def write_trials_tables(study: Any, out: Path) -> None:
         w = csv.DictWriter(fh, fieldnames=cols)
         w.writeheader()
         w.writerows(rows)
+    short = [{k: f"{v:.4g}" if isinstance(v, float) else v for k, v in r.items()} for r in rows]
     (out / "trials.md").write_text(
-        format_table(rows, [(c, c) for c in cols if c != "run_dir"]) + "\n", encoding="utf-8"
+        format_table(short, [(c, c) for c in cols if c != "run_dir"]) + "\n", encoding="utf-8"
     )
 
 
