@@ -245,3 +245,12 @@ def test_bad_config_one_line_cli_errors(tmp_path, sentiment_csv, capsys):
         assert main([*base, *extra, "--report-to", "none", "--progress", "false"]) == 2, extra
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and match in err, err
+
+
+def test_resume_auto_refuses_other_settings(finetuned):
+    from zhtune.errors import ZhtuneError
+
+    out, _, train = finetuned
+    model = json.loads((out / "zhtune.json").read_text(encoding="utf-8"))["base_model"]
+    with pytest.raises(ZhtuneError, match="max_length=32 \\(now 48\\)"):
+        run_finetune(finetune_cfg(train, model, max_length=48), out)

@@ -146,3 +146,13 @@ def test_find_checkpoint_skips_half_written(tmp_path):
         resolve_resume(str(tmp_path / "checkpoint-15"), tmp_path)
     with pytest.raises(ZhtuneError, match="not a directory"):
         resolve_resume(str(tmp_path / "nope"), tmp_path)
+
+
+def test_fresh_start_removes_old_checkpoints(tmp_path):
+    from zhtune.training import _remove_stale_checkpoints
+
+    _ckpt(tmp_path, 5)
+    _ckpt(tmp_path, 6, complete=False)
+    (tmp_path / "keep.txt").write_text("x")
+    _remove_stale_checkpoints(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt"]

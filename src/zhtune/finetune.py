@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from zhtune.config import add_config_args, arg, check, config_from_args, save_config
-from zhtune.data import load_splits
-from zhtune.errors import ConfigError, ModelLoadError
+from zhtune.data import DataConfig, load_splits
+from zhtune.errors import ConfigError, ModelLoadError, ZhtuneError
 from zhtune.runs import prepare_out_dir, write_json, write_manifest
 from zhtune.tracking import finish_run, is_main_process
 from zhtune.training import TrainingConfig, count_parameters, free_memory, run_trainer
@@ -27,6 +27,12 @@ log = logging.getLogger("zhtune")
 
 SCRATCH = ("none", "scratch")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
+# settings a run must share with the checkpoints it resumes from (plus every data field)
+RESUME_MUST_MATCH = (
+    "model", "tokenizer", "from_scratch", "hidden_size", "num_hidden_layers",
+    "num_attention_heads", "intermediate_size", "max_length", "batch_size",
+    "gradient_accumulation_steps",
+)  # fmt: skip
 # config attribute names of the dropout probabilities, per architecture family
 HIDDEN_DROPOUT_ATTRS = ("hidden_dropout_prob", "dropout", "hidden_dropout")
 ATTENTION_DROPOUT_ATTRS = ("attention_probs_dropout_prob", "attention_dropout")
@@ -177,7 +183,12 @@ def build_model(cfg: FinetuneConfig, labels: list[str], tokenizer: Any):
             cfg.model, config=config, use_safetensors=None if cfg.allow_pickle else True
         )
     except (OSError, ValueError) as e:
-        raise ModelLoadError(f"cannot load weights from {cfg.model!r}: {e}") from None
+        hint = (
+            ""
+            if cfg.allow_pickle
+            else " (only .bin weights? if you trust them: --allow-pickle true)"
+        )
+        raise ModelLoadError(f"cannot load weights from {cfg.model!r}: {e}{hint}") from None
 
 
 def _check_fits(config: Any, cfg: FinetuneConfig, tokenizer: Any) -> None:
@@ -196,6 +207,31 @@ def _check_fits(config: Any, cfg: FinetuneConfig, tokenizer: Any) -> None:
         )
 
 
+def check_resume_matches(cfg: FinetuneConfig, out: Path) -> None:
+    """With ``resume_from_checkpoint auto``, refuse checkpoints written with other settings."""
+    import yaml
+
+    from zhtune.training import CHECKPOINT_DIR, find_checkpoint
+
+    saved_path = out / "config.yaml"
+    if cfg.resume_from_checkpoint.strip().lower() != "auto" or not saved_path.is_file():
+        return
+    if find_checkpoint(out / CHECKPOINT_DIR) is None:
+        return
+    saved = yaml.safe_load(saved_path.read_text(encoding="utf-8")) or {}
+    keys = (*DataConfig.__dataclass_fields__, *RESUME_MUST_MATCH)
+    diff = [
+        f"{k}={saved[k]!r} (now {getattr(cfg, k)!r})"
+        for k in keys
+        if k in saved and saved[k] != getattr(cfg, k)
+    ]
+    if diff:
+        raise ZhtuneError(
+            f"{out} holds checkpoints of a run with {', '.join(diff)}; use the same settings to "
+            "resume, --resume-from-checkpoint none to start afresh, or another --out"
+        )
+
+
 def run_finetune(cfg: FinetuneConfig, out: str | Path) -> dict:
     """Train, keep the best dev checkpoint, score the test split; returns the test metrics."""
     from zhtune.classifier import Classifier
@@ -206,6 +242,7 @@ def run_finetune(cfg: FinetuneConfig, out: str | Path) -> dict:
     set_threads()
     out = prepare_out_dir(out)
     main = is_main_process()  # under torchrun / accelerate only rank 0 writes run files
+    check_resume_matches(cfg, out)
     if main:
         save_config(cfg, out)
     splits = load_splits(cfg)

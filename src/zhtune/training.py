@@ -364,6 +364,19 @@ def find_checkpoint(ckpt_dir: str | Path) -> Path | None:
     return None
 
 
+def _remove_stale_checkpoints(ckpt_dir: Path) -> None:
+    """A fresh start in a used run directory: old checkpoints would mix with the new ones."""
+    import shutil
+
+    old = (
+        sorted(p for p in ckpt_dir.glob("checkpoint-*") if p.is_dir()) if ckpt_dir.is_dir() else []
+    )
+    if old:
+        log.warning("starting afresh: removing %d old checkpoint(s) in %s", len(old), ckpt_dir)
+        for p in old:
+            shutil.rmtree(p)
+
+
 def resolve_resume(spec: str, ckpt_dir: str | Path) -> Path | None:
     s = (spec or "none").strip()
     if s.lower() == "none":
@@ -538,6 +551,8 @@ def run_trainer(
         if tokenizer is None:
             raise ValueError("run_trainer needs a tokenizer or a data_collator")
         data_collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8)
+    if "length" in dev_ds.column_names:  # less padding; the metrics do not depend on order
+        dev_ds = dev_ds.select(np.argsort(dev_ds["length"], kind="stable"))
     history_path = out / HISTORY_FILE
     resume = resolve_resume(cfg.resume_from_checkpoint, out / CHECKPOINT_DIR)
     resume_step = None
@@ -547,6 +562,8 @@ def run_trainer(
         log.info("resuming from %s (step %d)", resume, resume_step)
     if tracking.is_main_process():
         _truncate_history(history_path, resume_step)
+        if resume is None:
+            _remove_stale_checkpoints(out / CHECKPOINT_DIR)
     cbs = [HistoryCallback(history_path), *callbacks, *tracking.trainer_callbacks(cfg, out)]
     if cfg.patience:
         cbs.append(EarlyStoppingCallback(cfg.patience, cfg.early_stopping_threshold))
