@@ -141,3 +141,27 @@ def test_same_result_as_single_process(runs):
     assert [p["label"] for p in pa] == [p["label"] for p in pb]
     for x, y in zip(pa, pb, strict=True):
         assert all(abs(x["probs"][k] - y["probs"][k]) < TOL for k in x["probs"])
+
+
+CONFIGS = Path(__file__).parents[1] / "configs" / "distributed"
+
+
+def test_distributed_configs_parse():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    ds = json.loads((CONFIGS / "ds_zero2.json").read_text(encoding="utf-8"))
+    assert ds["zero_optimization"]["stage"] == 2 and ds["train_micro_batch_size_per_gpu"] == "auto"
+    assert json.loads((CONFIGS / "fsdp.json").read_text())["version"] == 2
+    kinds = {}
+    for name in ("accelerate_ddp.yaml", "accelerate_fsdp.yaml", "accelerate_deepspeed_zero2.yaml"):
+        kinds[name] = load_config_from_file(str(CONFIGS / name)).distributed_type.value
+    assert kinds == {
+        "accelerate_ddp.yaml": "MULTI_GPU",  # torchrun-style processes; gloo without GPUs
+        "accelerate_fsdp.yaml": "FSDP",
+        "accelerate_deepspeed_zero2.yaml": "DEEPSPEED",
+    }
+    ds_file = load_config_from_file(str(CONFIGS / "accelerate_deepspeed_zero2.yaml"))
+    assert (CONFIGS.parents[1] / ds_file.deepspeed_config["deepspeed_config_file"]).is_file()
+    script = CONFIGS / "torchrun_multinode.sh"
+    assert os.access(script, os.X_OK)
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0

@@ -95,14 +95,19 @@ def test_pretrain_writes_tensorboard_events(tmp_path):
     assert json.loads((out / "status.json").read_text())["status"] == "finished"
 
 
-def test_report_to_choices_and_single_process_guard(monkeypatch):
+def test_report_to_choices_and_single_process_guard(monkeypatch, tmp_path):
     from zhtune.errors import ConfigError, ZhtuneError
     from zhtune.finetune import FinetuneConfig
+    from zhtune.training import build_training_args
 
     with pytest.raises(ConfigError, match="report_to"):
         FinetuneConfig(train="x.csv", model="none", report_to="wandb")
     with pytest.raises(ConfigError, match="deepspeed"):
         FinetuneConfig(train="x.csv", model="none", deepspeed="missing.json")
+    fsdp = Path(__file__).parents[1] / "configs" / "distributed" / "fsdp.json"
+    cfg = FinetuneConfig(train="x.csv", model="none", fsdp_config=str(fsdp))
+    with pytest.raises(ConfigError, match="need GPUs"):  # not silently dropped to DDP on CPU
+        build_training_args(cfg, tmp_path, 100)
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
     assert tracking.world_size() == 2 and not tracking.is_main_process()

@@ -480,6 +480,8 @@ def build_training_args(cfg: TrainingConfig, out: Path, n_train: int):
         cfg.warmup_steps if cfg.warmup_steps is not None else math.ceil(cfg.warmup_ratio * total)
     )
     logging_steps = cfg.logging_steps or max(1, min(every, steps_per_epoch(cfg, n_train) // 20))
+    if (cfg.deepspeed or cfg.fsdp_config) and not has_gpu():  # the Trainer would drop them
+        raise ConfigError("deepspeed / fsdp_config need GPUs; on CPU use plain DDP (torchrun)")
     return TrainingArguments(
         output_dir=str(out / CHECKPOINT_DIR),
         learning_rate=cfg.learning_rate,
