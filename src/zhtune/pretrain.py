@@ -100,6 +100,9 @@ class PretrainConfig:
     precision: str = arg(
         "auto", "auto: bf16 autocast where the hardware supports it", ("auto", "fp32", "bf16")
     )
+    num_threads: int = arg(
+        0, "CPU threads for torch (0: torch's default); 1 can be faster on a busy, shared machine"
+    )
     device: str = arg("auto", "where to train", ("auto", "cpu", "cuda"))
     seed: int = arg(42, "random seed (init, data order, masking, held-out split)")
     # logging and checkpoints
@@ -158,7 +161,14 @@ class PretrainConfig:
             check(v is None or v > 0, name, f"must be > 0 (or none), got {v}")
         check(self.learning_rate > 0, "learning_rate", f"must be > 0, got {self.learning_rate}")
         check(self.adam_epsilon > 0, "adam_epsilon", f"must be > 0, got {self.adam_epsilon}")
-        for name in ("weight_decay", "max_grad_norm", "warmup_steps", "num_workers", "save_steps"):
+        for name in (
+            "weight_decay",
+            "max_grad_norm",
+            "warmup_steps",
+            "num_workers",
+            "save_steps",
+            "num_threads",
+        ):
             v = getattr(self, name)
             check(v >= 0, name, f"must be >= 0, got {v}")
         check(bool(self.resume_from_checkpoint), "resume_from_checkpoint", "allowed: auto, none or a checkpoint path")  # fmt: skip
@@ -334,12 +344,10 @@ def _schedule(warmup: int, total: int, budget_seconds: float | None, clock: dict
     time still ends with a decayed learning rate (``clock["seconds"]``: time trained)."""
 
     def lr_factor(step: int) -> float:
-        if step < warmup:
-            return step / warmup
         left = (total - step) / max(1, total - warmup)
         if budget_seconds:
             left = min(left, 1 - clock["seconds"] / budget_seconds)
-        return max(0.0, left)
+        return max(0.0, min(step / warmup if step < warmup else 1.0, left))
 
     return lr_factor
 
@@ -409,6 +417,8 @@ def run_pretrain(
         else "cpu"
     )
     autocast, precision = autocast_context(cfg, device)
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
     model = build_model(cfg, tokenizer).to(device)
     model.train()
     counts = param_counts(model)
@@ -484,7 +494,8 @@ def run_pretrain(
         step, consumed = step + 1, consumed + 1
         win_loss, win_steps = win_loss + loss, win_steps + 1
         win_tokens += int(batch["attention_mask"].sum())
-        if step % cfg.log_steps == 0 or step == total:
+        out_of_time = bool(budget) and prev_seconds + time.perf_counter() - t_start >= budget
+        if step % cfg.log_steps == 0 or step == total or out_of_time:  # (the loop ends next)
             now = time.perf_counter()
             row = {
                 "step": step,
