@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Multi-node data-parallel fine-tuning with torchrun. Run the SAME command on every node:
-#   configs/distributed/torchrun_multinode.sh --config configs/finetune.yaml --out /shared/runs/ft
+#   configs/distributed/torchrun_multinode.sh --config configs/finetune-hfl-roberta.yaml --out /shared/runs/ft
 # after editing multinode.env (NODE_RANK differs per node; export NODE_RANK=... also works).
 # --out must be on storage every node can read (rank 0 writes it; all ranks resume from it).
 # UNTESTED here (one machine): see docs/scaling.md.

@@ -360,12 +360,13 @@ def run_tune(
         value = "-" if trial.value is None else f"{trial.value:.4f}"
         log.info("trial %d %s: dev %s %s", trial.number, trial.state.name.lower(), metric, value)
 
-    if todo:
+    if todo:  # MaxTrialsCallback: workers sharing the study stop at n_trials in total
+        states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
         study.optimize(
             objective,
             n_trials=todo,
             timeout=timeout,
-            callbacks=[after_trial],
+            callbacks=[after_trial, optuna.study.MaxTrialsCallback(n_trials, states=states)],
             catch=(ZhtuneError,),
             gc_after_trial=True,
         )
