@@ -201,13 +201,13 @@ class _MLflow:
         self.run_id = run_id
 
     @classmethod
-    def start(cls, out: Path, params: dict, run_name: str | None = None) -> _MLflow:
-        """Reuse the run recorded in status.json (a resumed run) or create one."""
+    def start(cls, out: Path, params: dict, resume: bool) -> _MLflow:
+        """Continue the run recorded in status.json when resuming, else create one."""
         from mlflow.tracking import MlflowClient
 
         uri = mlflow_uri(out)
         client = MlflowClient(tracking_uri=uri)
-        old = read_status(out).get("mlflow_run_id")
+        old = read_status(out).get("mlflow_run_id") if resume else None
         if old:
             try:
                 client.update_run(old, status="RUNNING")
@@ -224,7 +224,7 @@ class _MLflow:
                 art = (Path(out) / MLFLOW_DIR / "artifacts").resolve().as_uri()
             exp_id = client.create_experiment(name, artifact_location=art)
         run = client.create_run(
-            exp_id, run_name=run_name or Path(out).resolve().name, tags={"zhtune.out": str(out)}
+            exp_id, run_name=Path(out).resolve().name, tags={"zhtune.out": str(out)}
         )
         self = cls(client, run.info.run_id)
         self.log_params(params)
@@ -296,7 +296,7 @@ def _mlflow_callback(out: Path, cfg: Any):
             self.run: _MLflow | None = None
 
         def on_train_begin(self, args, state, control, **kw):
-            self.run = _MLflow.start(out, _run_params(cfg))
+            self.run = _MLflow.start(out, _run_params(cfg), resume=state.global_step > 0)
 
         def on_log(self, args, state, control, logs=None, **kw):
             if self.run is not None:
@@ -375,7 +375,8 @@ class StepLogger:
 
             self.tb = SummaryWriter(log_dir=str(self.out / TENSORBOARD_DIR))
         elif report_to == "mlflow":
-            self.mlflow = _MLflow.start(self.out, params)
+            resume = any((self.out / "checkpoints").glob("*/trainer_state.json"))
+            self.mlflow = _MLflow.start(self.out, params, resume=resume)
 
     def log(self, row: dict, step: int) -> None:
         values = _metric_items({k: v for k, v in row.items() if k != "step"})
