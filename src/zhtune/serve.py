@@ -112,7 +112,7 @@ class Guard:
                     f"the request body is over {self.settings.max_body_bytes} bytes",
                 )(scope, receive, send_wrapper)
                 return
-            await self.app(scope, _replay(body), send_wrapper)
+            await self.app(scope, _replay(body, receive), send_wrapper)
         finally:
             code = str(status["code"])
             self.metrics.requests.labels(path, scope["method"], code).inc()
@@ -172,18 +172,18 @@ class Guard:
         return b"".join(chunks), False
 
 
-def _replay(body: bytes):
+def _replay(body: bytes, receive):
+    """The buffered body as one message, then the real channel (for ``http.disconnect``)."""
     sent = False
 
-    async def receive():
+    async def replay():
         nonlocal sent
         if not sent:
             sent = True
             return {"type": "http.request", "body": body, "more_body": False}
-        await asyncio.Event().wait()  # nothing more: wait like a quiet client would
-        return {"type": "http.disconnect"}
+        return await receive()
 
-    return receive
+    return replay
 
 
 def _json_response(status: int, code: str, message: str, headers: dict | None = None):
