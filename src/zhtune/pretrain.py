@@ -36,7 +36,7 @@ log = logging.getLogger("zhtune")
 RESUME_MUST_MATCH = (
     "objective", "arch", "tokenizer_path", "hidden_size", "num_heads", "intermediate_size",
     "num_hidden_layers", "type_vocab_size", "max_seq_length", "batch_size", "seed",
-    "group_by_length",
+    "group_by_length", "eval_ratio", "max_eval_chunks",  # (these two decide the train chunks)
 )  # fmt: skip
 
 
