@@ -30,6 +30,9 @@ from zhtune.errors import ConfigError, ModelLoadError
 from zhtune.llm_scoring import IGNORE, LabelScorer, softmax_np
 
 log = logging.getLogger("zhtune")
+# bitsandbytes logs a warning at import on CPUs with AVX512-BF16 when the optional `kernels`
+# package (which downloads kernels from the Hugging Face hub) is missing; its fallback works
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 HEAD_FILE = "head.safetensors"
 ADAPTER_FILE = "adapter_model.safetensors"
@@ -452,6 +455,10 @@ def load_backend(path: Path | str, manifest: dict, **kw: Any) -> HeadBackend | S
     from zhtune.inference import set_threads
 
     set_threads()
+    if kw.get("int8"):
+        log.warning(
+            "int8 applies to encoder models; %s loads as trained (use --qlora for 4-bit)", path
+        )
     model, tok = load_tuned(path, manifest, kw.get("base_model"))
     if kw.get("max_length"):
         manifest = {**manifest, "max_length": int(kw["max_length"])}
