@@ -140,30 +140,22 @@ class TrainingConfig(DataConfig):
         validate_choices(self)
         check(self.learning_rate > 0, "learning_rate", f"must be > 0, got {self.learning_rate}")
         check(0 <= self.warmup_ratio < 1, "warmup_ratio", "must be in [0, 1)")
-        check(self.warmup_steps is None or self.warmup_steps >= 0, "warmup_steps", "must be >= 0")
-        check(self.weight_decay >= 0, "weight_decay", "must be >= 0")
         check(self.num_train_epochs > 0, "num_train_epochs", "must be > 0")
-        check(self.max_steps is None or self.max_steps > 0, "max_steps", "must be > 0")
-        check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
-        check(
-            self.eval_batch_size is None or self.eval_batch_size >= 1,
-            "eval_batch_size",
-            "must be >= 1",
-        )
-        check(self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps", "must be >= 1")
-        check(self.max_grad_norm >= 0, "max_grad_norm", "must be >= 0")
+        for name in ("weight_decay", "max_grad_norm", "gamma", "early_stopping_threshold"):
+            check(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
+        for name in ("batch_size", "gradient_accumulation_steps", "save_total_limit"):
+            check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
+        for name in ("warmup_steps", "max_steps", "eval_batch_size", "patience", "save_steps",
+                     "logging_steps"):  # fmt: skip
+            v = getattr(self, name)
+            low = 0 if name == "warmup_steps" else 1
+            check(v is None or v >= low, name, f"must be >= {low} (or none), got {v}")
         check(8 <= self.max_length <= 8192, "max_length", "must be between 8 and 8192")
         check(
             self.eval_every > 0 and (self.eval_every < 1 or float(self.eval_every).is_integer()),
             "eval_every",
-            f"must be a whole number of steps >= 1 or a fraction of an epoch in (0, 1), got {self.eval_every}",
-        )
-        check(self.patience is None or self.patience >= 1, "patience", "must be >= 1 (or None)")
-        check(self.gamma >= 0, "gamma", f"must be >= 0, got {self.gamma}")
-        check(self.save_steps is None or self.save_steps >= 1, "save_steps", "must be >= 1")
-        check(self.save_total_limit >= 1, "save_total_limit", "must be >= 1")
-        check(
-            self.logging_steps is None or self.logging_steps >= 1, "logging_steps", "must be >= 1"
+            "must be a whole number of steps >= 1 or a fraction of an epoch in (0, 1), "
+            f"got {self.eval_every}",
         )
         parse_class_weights(self.class_weights)  # syntax only; the count is checked with labels
         for name in ("deepspeed", "fsdp_config"):
@@ -410,34 +402,24 @@ def _truncate_history(path: Path, step: int | None) -> None:
     )
 
 
-class _Callbacks:
-    """Lazily built TrainerCallback subclasses (transformers is imported on first use)."""
-
-    @staticmethod
-    def history(path: Path):
-        from transformers import TrainerCallback
-
-        class HistoryCallback(TrainerCallback):
-            """Append each Trainer log as one JSON line: kind train / eval / summary."""
-
-            def on_log(self, args, state, control, logs=None, **kw):
-                if not state.is_world_process_zero:  # multi-process: rank 0 writes
-                    return
-                logs = dict(logs or {})
-                kind = (
-                    "eval"
-                    if any(k.startswith("eval_") for k in logs)
-                    else ("summary" if "train_runtime" in logs else "train")
-                )
-                row = {"kind": kind, "step": state.global_step, "epoch": state.epoch, **logs}
-                with path.open("a", encoding="utf-8") as fh:
-                    fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-
-        return HistoryCallback()
-
-
 def HistoryCallback(path: str | Path):  # noqa: N802 - reads like the class it returns
-    return _Callbacks.history(Path(path))
+    """A TrainerCallback appending each log as one JSON line: kind train / eval / summary."""
+    from transformers import TrainerCallback
+
+    path = Path(path)
+
+    class _History(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kw):
+            if not state.is_world_process_zero:  # multi-process: rank 0 writes
+                return
+            logs = dict(logs or {})
+            kind = "summary" if "train_runtime" in logs else "train"
+            kind = "eval" if any(k.startswith("eval_") for k in logs) else kind
+            row = {"kind": kind, "step": state.global_step, "epoch": state.epoch, **logs}
+            with path.open("a", encoding="utf-8") as fh:
+                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+    return _History()
 
 
 # --- the training run --------------------------------------------------------------------
