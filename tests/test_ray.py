@@ -40,7 +40,7 @@ def test_predictor_is_a_map_batches_callable(baseline):
 
 @pytest.mark.slow
 def test_ray_engine_equals_local_predict(baseline, tmp_path):
-    import ray
+    ray = pytest.importorskip("ray", reason='--engine ray needs `pip install "ray[data]"`')
 
     rows = [(f"{t}{i}", label) for i, (t, label) in enumerate(labelled_rows(3) * 50)]  # 3000
     data = write_csv(tmp_path / "texts.csv", rows)

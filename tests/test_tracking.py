@@ -55,6 +55,7 @@ def test_tensorboard_events_written_and_readable(tmp_path):
 
 
 def test_mlflow_params_metrics_figures(tmp_path, monkeypatch):
+    pytest.importorskip("mlflow", reason="--report-to mlflow needs `pip install mlflow`")
     from mlflow.tracking import MlflowClient
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

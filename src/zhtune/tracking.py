@@ -255,7 +255,8 @@ class _MLflow:
 
     def finish(self, out: Path, metrics: dict) -> None:
         """Final (test) metrics, figures as artifacts, run status FINISHED."""
-        self.log_metrics({k: v for k, v in metrics.items() if k != "n"}, 0, prefix="final_")
+        final = {k if k.startswith("final_") else f"final_{k}": v for k, v in metrics.items()}
+        self.log_metrics(final, 0)
         for png in sorted(out.glob("*.png")):
             self.client.log_artifact(self.run_id, str(png), "figures")
         for name in ("metrics.json", "config.yaml", "zhtune.json"):
