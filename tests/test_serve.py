@@ -339,6 +339,7 @@ def test_api_key_queue_full_and_graceful_shutdown(servers: dict[str, Server]) ->
         t0 = time.monotonic()
         busy = httpx.post(s.url + "/v1/classify", json={"texts": ["好"]}, headers=key)
         assert busy.status_code == 429 and busy.json()["error"]["code"] == "queue_full"
+        assert busy.headers["retry-after"] == "1"
         assert time.monotonic() - t0 < 1.0, "429 must come at once"
         # SIGTERM while the first request is in flight: it still gets its answer
         s.proc.send_signal(signal.SIGTERM)

@@ -64,9 +64,12 @@ class ServeSettings:
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str, details: Any = None) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, details: Any = None, retry_after: int = 0
+    ) -> None:
         super().__init__(message)
         self.status, self.code, self.message, self.details = status, code, message, details
+        self.retry_after = retry_after
 
 
 def error_body(status: int, code: str, message: str, details: Any = None) -> dict:
@@ -311,7 +314,10 @@ def create_app(settings: ServeSettings, classifier=None):
 
     @app.exception_handler(ApiError)
     async def _api_error(_req: Request, e: ApiError) -> JSONResponse:
-        return JSONResponse(error_body(e.status, e.code, e.message, e.details), e.status)
+        headers = {"retry-after": str(e.retry_after)} if e.retry_after else None
+        return JSONResponse(
+            error_body(e.status, e.code, e.message, e.details), e.status, headers=headers
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_req: Request, e: RequestValidationError) -> JSONResponse:
@@ -389,11 +395,15 @@ def create_app(settings: ServeSettings, classifier=None):
             cut.append(len(t) < len(req.texts[i]))
         clf, batcher = state["clf"], state["batcher"]
         if batcher is None:
-            raise ApiError(503, "loading", "the model is still loading; retry in a moment")
+            raise ApiError(
+                503, "loading", "the model is still loading; retry in a moment", retry_after=2
+            )
         try:
             future = batcher.submit(texts)
         except QueueFull as e:
-            raise ApiError(429, "queue_full", f"server busy ({e}); retry later") from None
+            raise ApiError(
+                429, "queue_full", f"server busy ({e}); retry later", retry_after=1
+            ) from None
         probs = await asyncio.wrap_future(future)
         results = [{**p, "truncated": c} for p, c in zip(clf.format(probs), cut, strict=True)]
         return ClassifyResponse(model=model_name(), labels=clf.labels, results=results)
