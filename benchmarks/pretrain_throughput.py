@@ -115,8 +115,11 @@ def main() -> None:
         f"(cache: {report['cache']}; {time.perf_counter() - t0:.1f} s)"
     )
     B, L = cfg.batch_size, cfg.max_seq_length
-    print(f"config: {args.config}: hidden {cfg.hidden_size}, layers {cfg.num_hidden_layers}, ")
-    print(f"        heads {cfg.num_heads}, ffn {cfg.intermediate_size}, seq {L}, batch {B}")
+    print(
+        f"config: {args.config}: hidden {cfg.hidden_size}, layers {cfg.num_hidden_layers}, "
+        f"heads {cfg.num_heads}, ffn {cfg.intermediate_size}, seq {L}, batch {B}, "
+        f"dropout {cfg.dropout}"
+    )
     print(f"threads: {torch.get_num_threads()}, torch {torch.__version__}")
 
     # --- zhtune: sparse MLM head, whole-word masking, per-batch padding, length grouping

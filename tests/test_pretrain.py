@@ -275,3 +275,11 @@ def test_time_budget_decays_the_learning_rate_and_stops(corpus, tmp_path):
     assert f(10) == 0.0
     result = run_pretrain(tiny(corpus, max_steps=1000, max_minutes=1e-4, save_steps=0), tmp_path)
     assert result.metrics["steps"] < 1000 and result.metrics["stopped_by_time_budget"]
+
+
+def test_resume_refuses_a_different_model_shape(corpus, mlm_run):
+    from zhtune.errors import ZhtuneError
+
+    out, _ = mlm_run
+    with pytest.raises(ZhtuneError, match="hidden_size=32 \\(now 16\\)"):
+        run_pretrain(tiny(corpus, hidden_size=16), out)

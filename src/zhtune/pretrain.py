@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from zhtune.config import arg, check, save_config, to_dict, validate_choices
 from zhtune.data.builtin import BUILTIN
-from zhtune.errors import ConfigError, ZhtuneError
+from zhtune.errors import ZhtuneError
 from zhtune.tracking import REPORT_TO, finish_run, require_single_process, start_logging
 
 log = logging.getLogger("zhtune")
@@ -367,23 +367,6 @@ def train_step(model, batch: dict, optimizer, scheduler, cfg: PretrainConfig, au
     return loss.item()
 
 
-def _resume_path(cfg: PretrainConfig, out: Path) -> Path | None:
-    from zhtune.pretrain_ckpt import latest_checkpoint
-
-    value = cfg.resume_from_checkpoint
-    if value == "none":
-        return None
-    if value == "auto":
-        return latest_checkpoint(out / "checkpoints")
-    path = Path(value)
-    if not (path / "trainer_state.json").is_file():
-        raise ConfigError(
-            f"config field 'resume_from_checkpoint': {value} is not a complete checkpoint "
-            "directory; allowed: auto, none or a path like OUT/checkpoints/step-00000500"
-        )
-    return path
-
-
 def run_pretrain(
     cfg: PretrainConfig, out: str | Path, _stop_after: int | None = None
 ) -> PretrainResult:
@@ -391,7 +374,12 @@ def run_pretrain(
     the loop ends after that step, right after saving its checkpoint, without final outputs."""
     from tqdm.auto import tqdm
 
-    from zhtune.pretrain_ckpt import load_checkpoint, read_state, save_checkpoint
+    from zhtune.pretrain_ckpt import (
+        check_resumable,
+        find_checkpoint,
+        load_checkpoint,
+        save_checkpoint,
+    )
     from zhtune.pretrain_data import batch_order, load_corpus
     from zhtune.runs import prepare_out_dir, write_json
     from zhtune.text import load_tokenizer
@@ -433,19 +421,9 @@ def run_pretrain(
     torch.manual_seed(cfg.seed)  # dropout
 
     step, epoch, consumed, history, prev_seconds = 0, 0, 0, [], 0.0
-    ckpt = _resume_path(cfg, out)
+    ckpt = find_checkpoint(cfg.resume_from_checkpoint, out / "checkpoints")
     if ckpt is not None:
-        saved = read_state(ckpt).get("config", {})
-        diff = [
-            f"{k}={saved.get(k)!r} (now {getattr(cfg, k)!r})"
-            for k in RESUME_MUST_MATCH
-            if saved.get(k) != getattr(cfg, k)
-        ]
-        if diff or read_state(ckpt).get("corpus_key") != report["corpus_key"]:
-            why = ", ".join(diff) or "a different corpus"
-            raise ZhtuneError(
-                f"cannot resume from {ckpt}: it was written with {why}; use --resume-from-checkpoint none or another --out"
-            )
+        check_resumable(ckpt, to_dict(cfg), report["corpus_key"], RESUME_MUST_MATCH)
         rng, state = load_checkpoint(ckpt, model, optimizer, scheduler)
         torch.set_rng_state(rng["torch"])
         collate.generator.set_state(rng["mask"])

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 
-from zhtune.errors import ZhtuneError
+from zhtune.errors import ConfigError, ZhtuneError
 
 STATE_FILE = "trainer_state.json"
 
@@ -128,3 +128,33 @@ def load_checkpoint(
     )
     scheduler.load_state_dict(json.loads((path / "scheduler.json").read_text(encoding="utf-8")))
     return load_file(str(path / "rng.safetensors")), state
+
+
+def find_checkpoint(value: str, root: str | Path) -> Path | None:
+    """``resume_from_checkpoint``: ``none``, ``auto`` (newest complete one in ``root``) or a path."""
+    if value == "none":
+        return None
+    if value == "auto":
+        return latest_checkpoint(root)
+    path = Path(value)
+    if not (path / STATE_FILE).is_file():
+        raise ConfigError(
+            f"config field 'resume_from_checkpoint': {value} is not a complete checkpoint "
+            "directory; allowed: auto, none or a path like OUT/checkpoints/step-00000500"
+        )
+    return path
+
+
+def check_resumable(path: Path, config: dict, corpus_key: str, fields: tuple[str, ...]) -> None:
+    """Refuse to resume a checkpoint written with another model shape, batch, seed or corpus."""
+    state = read_state(path)
+    saved = state.get("config", {})
+    diff = [
+        f"{k}={saved.get(k)!r} (now {config[k]!r})" for k in fields if saved.get(k) != config[k]
+    ]
+    if diff or state.get("corpus_key") != corpus_key:
+        why = ", ".join(diff) or "a different corpus"
+        raise ZhtuneError(
+            f"cannot resume from {path}: it was written with {why}; "
+            "use --resume-from-checkpoint none or another --out"
+        )
