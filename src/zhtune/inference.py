@@ -25,10 +25,14 @@ SORT_WINDOW = 4096
 
 
 def check_safetensors(path: Path, allow_pickle: bool = False) -> None:
-    """Refuse a local model directory whose weights are not safetensors."""
+    """Refuse a local model directory whose weights are not safetensors, or whose safetensors
+    files are truncated or have a corrupt header (a clear error instead of a Rust one)."""
     if not path.is_dir():
         return
-    if any(path.glob("*.safetensors")):
+    found = sorted(path.glob("*.safetensors"))
+    if found:
+        for f in found:
+            check_safetensors_file(f)
         return
     pickled = sorted(p.name for p in path.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
     if pickled and not allow_pickle:
@@ -38,6 +42,28 @@ def check_safetensors(path: Path, allow_pickle: bool = False) -> None:
         )
     if not pickled:
         raise ModelLoadError(f"{path}: no model weights (*.safetensors) found")
+    log.warning(
+        "%s: loading pickle weights (%s) because of --allow-pickle; only do this for files "
+        "you trust (torch.load runs with weights_only=True)",
+        path,
+        ", ".join(pickled),
+    )
+
+
+def check_safetensors_file(f: Path) -> None:
+    """The header parses and its tensors cover the file exactly (truncation, corrupt header).
+
+    Flipped bits inside the tensor data cannot be detected: safetensors has no checksum."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(f), framework="np"):
+            pass
+    except (SafetensorError, OSError) as e:
+        raise ModelLoadError(
+            f"{f}: not a valid safetensors file (truncated or corrupt: {e}); "
+            "copy or download the model again"
+        ) from None
 
 
 def cpu_threads() -> int:
@@ -182,16 +208,31 @@ class EncoderBackend:
 
         bars = hf_logging.is_progress_bar_enabled()
         hf_logging.disable_progress_bar()  # no "Loading weights" bar for a small model
+        if local.is_dir() and not (local / "config.json").is_file():
+            raise ModelLoadError(f"{path}: no config.json (not a Hugging Face model directory)")
         try:
-            model = AutoModelForSequenceClassification.from_pretrained(
-                str(path), use_safetensors=not allow_pickle
+            model, info = AutoModelForSequenceClassification.from_pretrained(
+                str(path), use_safetensors=not allow_pickle, output_loading_info=True
             )
             tokenizer = AutoTokenizer.from_pretrained(str(path))
-        except (OSError, ValueError, KeyError) as e:
+        except (OSError, ValueError, KeyError, RuntimeError) as e:
             raise ModelLoadError(f"cannot load {path}: {e}") from None
         finally:
             if bars:
                 hf_logging.enable_progress_bar()
+        missing = list(info.get("missing_keys") or []) + list(info.get("mismatched_keys") or [])
+        if missing:  # transformers would fill them with random values and predict noise
+            raise ModelLoadError(
+                f"{path}: weights missing from the checkpoint ({', '.join(map(str, missing[:3]))}"
+                f"{', ...' if len(missing) > 3 else ''}): not a trained classifier, or a "
+                "corrupt file (fine-tune it first with `zhtune finetune`)"
+            )
+        vocab = getattr(model.config, "vocab_size", None)
+        if vocab is not None and len(tokenizer) > vocab:
+            raise ModelLoadError(
+                f"{path}: the tokenizer has {len(tokenizer)} entries but the model's vocabulary "
+                f"only {vocab}; use the tokenizer the model was trained with"
+            )
         max_len = max_length or int(getattr(model.config, "zhtune_max_length", 0) or 128)
         model.eval()
         if int8:
@@ -217,4 +258,12 @@ class EncoderBackend:
 def load_backend(path: Path | str, manifest: dict, **kw: object) -> EncoderBackend:
     if kw.get("max_length") is None and manifest.get("max_length"):
         kw["max_length"] = int(manifest["max_length"])
-    return EncoderBackend.load(path, **kw)  # type: ignore[arg-type]
+    backend = EncoderBackend.load(path, **kw)  # type: ignore[arg-type]
+    labels = manifest.get("labels")
+    if labels and [str(x) for x in labels] != backend.labels:
+        raise ModelLoadError(
+            f"{path}: zhtune.json lists {len(labels)} labels ({', '.join(map(str, labels))}) but "
+            f"the model's config.json has {len(backend.labels)} ({', '.join(backend.labels)}); "
+            "the label map does not belong to these weights"
+        )
+    return backend
