@@ -314,6 +314,11 @@ def add_arguments(p) -> None:
         "so that `Classifier.load(model, calibrated=True)` / `predict --calibrated` use it",
     )
     p.add_argument("--no-robustness", action="store_true", help="skip the robustness perturbations")
+    p.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="allow a model whose weights are only .bin (pickle) files, if you trust them",
+    )
     add_config_args(p, EvaluateConfig)
 
 
@@ -341,7 +346,12 @@ def run_cli(ns) -> int:
     cfg = data_from_model(config_from_args(EvaluateConfig, ns), ns.model)
     if ns.no_robustness:
         cfg.robustness = False
-    row = evaluate_model(ns.model, cfg, ns.out, save_temperature_to_model=ns.save_temperature)
+    model = ns.model
+    if ns.allow_pickle:
+        from zhtune.classifier import Classifier
+
+        model = Classifier.load(ns.model, allow_pickle=True)
+    row = evaluate_model(model, cfg, ns.out, save_temperature_to_model=ns.save_temperature)
     print(format_table([row], SUMMARY_COLUMNS))
     a = row["abstain_threshold"]
     print(
