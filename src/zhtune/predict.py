@@ -73,6 +73,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="apply the temperature fitted by `zhtune evaluate`",
     )
     p.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="allow a model whose weights are only .bin (pickle) files, if you trust them",
+    )
+    p.add_argument(
         "--threads",
         type=int,
         help="inference threads (default: the cores other processes leave free)",
@@ -105,6 +110,8 @@ def run_cli(ns: argparse.Namespace) -> int:
     if ns.threads:
         os.environ["ZHTUNE_THREADS"] = str(ns.threads)
     kw = {"int8": True} if ns.int8 else {}
+    if ns.allow_pickle:
+        kw["allow_pickle"] = True
     clf = Classifier.load(ns.model, calibrated=ns.calibrated, **kw)
     if ns.int8 and clf.kind not in ("encoder", "onnx"):
         print(f"note: --int8 has no effect on a {clf.kind} model", file=sys.stderr)
