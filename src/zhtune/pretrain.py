@@ -63,7 +63,9 @@ class PretrainConfig:
     max_files_per_category: int | None = arg(
         None, "with data_dir: at most this many files per category"
     )
-    text_files: list[str] | None = arg(None, "plain .txt files, one text a line")
+    text_files: list[str] | None = arg(
+        None, "text files, one text a line (.csv/.tsv/.jsonl: their 'text' column/field)"
+    )
     tokenizer_path: str | None = arg(
         None, "tokenizer directory or hub id (default: the packaged Chinese BERT vocab)"
     )

@@ -79,7 +79,9 @@ def collect_texts(cfg: Any) -> tuple[list[str], dict]:
         sources[f"data_dir:{cfg.data_dir}"] = len(rows)
         texts += [r.text for r in rows]
     for path in cfg.text_files or []:
-        rows = read_file(path, bad=bad, fmt="txt", need_label=False)
+        structured = Path(path).suffix.lower() in (".csv", ".tsv", ".jsonl", ".json", ".ndjson")
+        fmt = "auto" if structured else "txt"  # any other file: one text a line
+        rows = read_file(path, bad=bad, fmt=fmt, need_label=False)
         sources[f"file:{path}"] = len(rows)
         texts += [r.text for r in rows]
     return texts, {"texts_per_source": sources, "texts": len(texts), "bad_rows": bad.summary()}
