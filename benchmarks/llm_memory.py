@@ -17,6 +17,11 @@ model is saved once (bf16 safetensors) and each child loads it with zhtune's loa
 (``zhtune.llm_models.load_base``); the safetensors file is memory-mapped while loading and
 its pages count in the resident set until the load ends.
 
+Every child sets glibc's mmap threshold to 4 MiB first, as zhtune's LLM loader does on CPU
+(``zhtune.llm_models.limit_heap_fragmentation``; ``--malloc default`` keeps glibc's dynamic
+threshold, under which bitsandbytes' per-call fp32 dequantization temporaries fragment the
+heap and QLoRA's peak grows by up to ~1 GB).
+
 The parent reads each child's peak RSS (``ru_maxrss`` from ``os.wait4``), prints a table,
 then the ratios LoRA / full and QLoRA / LoRA.
 
@@ -149,6 +154,10 @@ def train(setup: str, ns: argparse.Namespace, model_dir: Path | None) -> None:
     from zhtune.llm_models import add_lora, load_base, load_llm_tokenizer
 
     set_threads()
+    if ns.malloc == "zhtune":  # what zhtune's LLM loader does on CPU, in every setup
+        from zhtune.llm_models import limit_heap_fragmentation
+
+        limit_heap_fragmentation()
     steps, batch, seq, ckpt = ns.steps, ns.batch_size, ns.seq_len, ns.gradient_checkpointing
     t0 = time.perf_counter()
     if model_dir is None:
@@ -223,6 +232,13 @@ def main() -> None:
     p.add_argument("--gradient-checkpointing", action="store_true", help="in every setup")
     p.add_argument("--init", choices=("random", "checkpoint"), default="random")
     p.add_argument("--workdir", help="--init checkpoint: where the model is saved (default: temp)")
+    p.add_argument(
+        "--malloc",
+        choices=("zhtune", "default"),
+        default="zhtune",
+        help="zhtune: glibc mmap threshold 4 MiB in every setup (zhtune.llm_models."
+        "limit_heap_fragmentation); default: glibc's dynamic threshold",
+    )
     p.add_argument("--_child", nargs="+", help=argparse.SUPPRESS)
     ns = p.parse_args()
     if ns._child:
@@ -237,6 +253,7 @@ def main() -> None:
     model_dir = work / "qwen2-0.5b-random"
     shared = ["--vocab", str(ns.vocab), "--layers", str(ns.layers), "--steps", str(ns.steps),
               "--batch-size", str(ns.batch_size), "--seq-len", str(ns.seq_len)]  # fmt: skip
+    shared += ["--malloc", ns.malloc]
     if ns.gradient_checkpointing:
         shared.append("--gradient-checkpointing")
     try:

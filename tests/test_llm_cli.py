@@ -67,7 +67,10 @@ def test_lora_head_run_directory(runs):
     assert not list(out.glob("*.bin")) and not (out / "model.safetensors").exists()
     m = read_manifest(out)
     assert m["kind"] == "lora-head" and m["mode"] == "head"
-    assert m["base_model"] == str(runs["base"].resolve()) and m["labels"] == ["negative", "positive"]
+    assert m["base_model"] == str(runs["base"].resolve()) and m["labels"] == [
+        "negative",
+        "positive",
+    ]
     with safe_open(str(out / "adapter_model.safetensors"), "pt") as f:
         keys = list(f.keys())
     assert any("score" in k for k in keys) and any("lora_A" in k for k in keys)  # head saved
@@ -91,7 +94,8 @@ def test_lora_scoring_run_directory(runs):
     # checkpoints of the scoring wrapper hold its trainable (LoRA) weights only
     for ckpt in (out / "checkpoints").glob("checkpoint-*"):
         with safe_open(str(ckpt / "model.safetensors"), "pt") as f:
-            assert all("lora_" in k for k in f.keys())
+            names = list(f.keys())
+        assert names and all("lora_" in k for k in names)
     history = [json.loads(x) for x in (out / "history.jsonl").read_text().splitlines()]
     assert any(r["kind"] == "eval" and "eval_macro_f1" in r for r in history)
     rows = (out / "predictions.jsonl").read_text(encoding="utf-8").splitlines()
@@ -101,7 +105,10 @@ def test_lora_scoring_run_directory(runs):
 def test_zero_shot_run_matches_direct_scoring(runs):
     out = runs["zero-shot"]
     m = read_manifest(out)
-    assert m["kind"] == "scoring" and m["label_words"] == {"negative": ["负面"], "positive": ["正面"]}
+    assert m["kind"] == "scoring" and m["label_words"] == {
+        "negative": ["负面"],
+        "positive": ["正面"],
+    }
     clf = Classifier.load(out)
     probs = clf.predict_proba(TEXTS)
     tok = load_llm_tokenizer(str(runs["base"]))
@@ -118,7 +125,9 @@ def test_merge_gives_the_logits_of_adapter_plus_base(runs, name):
     src = runs[name]
     merged = runs["root"] / f"{name}-merged"
     assert main(["merge", "--model", str(src), "--out", str(merged)]) == 0
-    assert (merged / "model.safetensors").is_file() and not (merged / "adapter_config.json").exists()
+    assert (merged / "model.safetensors").is_file() and not (
+        merged / "adapter_config.json"
+    ).exists()
     mm = read_manifest(merged)
     assert mm["kind"] == read_manifest(src)["kind"] and mm["standalone"] is True
 
@@ -252,3 +261,20 @@ def test_presets_parse():
     for path in presets:
         cfg = load_config(LlmConfig, path)
         assert cfg.mode in ("head", "scoring") and "{text}" in cfg.prompt_template
+
+
+@pytest.mark.slow
+def test_llm_branch_for_the_quickstart(runs, tmp_path):
+    from zhtune.data import DataConfig
+    from zhtune.llm import run_llm_branch
+
+    data = DataConfig(train=str(runs["train"]))
+    rows = run_llm_branch(data, tmp_path / "llm", pretrain_minutes=0.5, pretrain_max_steps=3,
+                          max_train_samples=16, max_eval_samples=8, epochs=1)  # fmt: skip
+    assert [r["model"].split(":")[0] for r in rows] == ["lora-head", "lora-scoring", "zero-shot"]
+    for r in rows:
+        for key in ("model", "accuracy", "macro_f1", "train_seconds", "model_bytes",
+                    "texts_per_second", "pretrain_seconds"):  # fmt: skip
+            assert key in r, key
+    assert (tmp_path / "llm" / "pretrain-clm" / "model.safetensors").is_file()
+    assert Classifier.load(tmp_path / "llm" / "lora-scoring").predict(TEXTS[0])["label"]

@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from zhtune.config import add_config_args, arg, check, config_from_args, save_config
 from zhtune.data import DataConfig, load_splits
-from zhtune.errors import ConfigError
 from zhtune.llm_models import load_backend  # noqa: F401 - Classifier kinds lora-head, scoring
 from zhtune.llm_scoring import DEFAULT_TEMPLATE, SCORE_NORMS, WORD_AGGS, parse_label_words
 from zhtune.llm_scoring import parse_template as _parse_template
@@ -244,28 +244,38 @@ def run_llm_branch(
     *,
     base_model: str | None = None,
     pretrain_minutes: float = 3.0,
+    pretrain_max_steps: int = 600,
     max_train_samples: int | None = 2000,
     max_eval_samples: int | None = 500,
     epochs: float = 1.0,
 ) -> list[dict]:
     """Tiny causal LM -> LoRA head, LoRA scoring and zero-shot scoring; one row per model.
 
-    ``base_model``: an existing causal LM directory; else one is pretrained into
-    ``out/pretrain-clm`` (the tiny Qwen2 of configs/pretrain-clm-tiny.yaml, stopped after
-    ``pretrain_minutes``). Each row has model, accuracy, macro_f1, train_seconds,
-    model_bytes and texts_per_second (and the rest of ``metrics.json``)."""
+    ``base_model``: an existing causal LM directory; else a tiny Qwen2 (2 layers, hidden 128)
+    is pretrained into ``out/pretrain-clm`` on the texts of the *training split only* (no
+    dev/test text), for ``pretrain_max_steps`` steps or ``pretrain_minutes``, whichever comes
+    first; an existing one there is reused. LoRA runs use at most ``max_train_samples``
+    training and ``max_eval_samples`` dev/test rows. Each row is the run's ``metrics.json``:
+    model, accuracy, macro_f1, train_seconds, model_bytes, texts_per_second, parameters,
+    pretrain_seconds, ..."""
     import dataclasses
 
     from zhtune.zeroshot import ZeroShotConfig, run_zero_shot
 
     out = prepare_out_dir(out)
+    pretrain_seconds = 0.0
     if base_model is None:
-        base_model = str(_pretrain_tiny_clm(data_cfg, out / "pretrain-clm", pretrain_minutes))
+        t = time.perf_counter()
+        base_model = str(
+            _pretrain_tiny_clm(data_cfg, out / "pretrain-clm", pretrain_minutes, pretrain_max_steps)
+        )
+        pretrain_seconds = time.perf_counter() - t
     data = {f.name: getattr(data_cfg, f.name) for f in dataclasses.fields(DataConfig)}
     data["max_train_samples"] = data["max_train_samples"] or max_train_samples
     data["max_eval_samples"] = data["max_eval_samples"] or max_eval_samples
-    common = dict(model=base_model, num_train_epochs=epochs, batch_size=16, learning_rate=1e-3,
-                  max_length=96, eval_every=0.5, progress=False, report_to="none", **data)  # fmt: skip
+    common = dict(model=base_model, num_train_epochs=epochs, batch_size=16, learning_rate=2e-3,
+                  max_length=96, eval_every=0.5, warmup_ratio=0.0, progress=False,
+                  report_to="none", **data)  # fmt: skip
     rows = []
     for name, kw in (("lora-head", {"mode": "head"}), ("lora-scoring", {"mode": "scoring"})):
         log.info("LLM branch: %s", name)
@@ -273,29 +283,27 @@ def run_llm_branch(
     log.info("LLM branch: zero-shot")
     zs = ZeroShotConfig(model=base_model, max_length=96, **data)
     rows.append(run_zero_shot(zs, out / "zero-shot"))
+    for row in rows:
+        row["pretrain_seconds"] = pretrain_seconds
     return rows
 
 
-def _pretrain_tiny_clm(data_cfg: DataConfig, out: Path, minutes: float) -> Path:
-    from zhtune.data.builtin import BUILTIN
+def _pretrain_tiny_clm(data_cfg: DataConfig, out: Path, minutes: float, steps: int) -> Path:
+    """A tiny Qwen2 causal LM pretrained on the training split's texts (one a line)."""
     from zhtune.pretrain import PretrainConfig, run_pretrain
 
     if (out / "config.json").is_file() and any(out.glob("*.safetensors")):
         log.info("LLM branch: reusing the causal LM in %s", out)
         return out
-    corpus: dict[str, Any] = {}
-    if data_cfg.dataset in BUILTIN:
-        corpus["dataset"] = [data_cfg.dataset]
-    elif data_cfg.train:
-        corpus["text_files"] = [data_cfg.train]  # one text a line is fine for a corpus
-    elif data_cfg.data_dir:
-        corpus["data_dir"] = data_cfg.data_dir
-    else:
-        raise ConfigError("the LLM branch needs a built-in dataset, a train file or a data_dir")
-    cfg = PretrainConfig(objective="clm", hidden_size=128, num_heads=4, intermediate_size=512,
-                         num_hidden_layers=2, dropout=0.0, max_seq_length=96, batch_size=32,
-                         learning_rate=1e-3, warmup_steps=50, max_steps=5000, max_minutes=minutes,
-                         save_steps=0, log_steps=20, seed=data_cfg.seed, **corpus)  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    corpus = out / "corpus-train-split.txt"
+    lines = (" ".join(t.split()) for t in load_splits(data_cfg).train.texts)
+    corpus.write_text("".join(f"{x}\n" for x in lines if x), encoding="utf-8")
+    cfg = PretrainConfig(objective="clm", text_files=[str(corpus)], hidden_size=128, num_heads=4,
+                         intermediate_size=512, num_hidden_layers=2, dropout=0.0,
+                         max_seq_length=96, batch_size=32, learning_rate=2e-3,
+                         warmup_steps=max(1, steps // 20), max_steps=steps, max_minutes=minutes,
+                         save_steps=0, log_steps=20, cache_dir="none", seed=data_cfg.seed)  # fmt: skip
     run_pretrain(cfg, out)
     return out
 

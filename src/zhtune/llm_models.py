@@ -57,6 +57,27 @@ def quiet_transformers() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
+MMAP_THRESHOLD = 4 * 2**20
+
+
+def limit_heap_fragmentation() -> bool:
+    """On CPU with glibc: serve allocations of >= 4 MiB with mmap (returned on free).
+
+    bitsandbytes dequantizes each 4-bit weight to a temporary fp32 matrix on every forward
+    and backward pass on CPU; with glibc's default (dynamic) mmap threshold these temporaries
+    come from the heap, fragment it, and the resident memory of a QLoRA run grows by up to
+    ~1 GB for a 0.5B model (docs/llm.md). Process-wide; only touches allocations that big."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux") or torch.cuda.is_available():
+        return False
+    try:
+        return bool(ctypes.CDLL("libc.so.6").mallopt(-3, MMAP_THRESHOLD))  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):  # not glibc
+        return False
+
+
 def model_ref(model: str) -> str:
     """An absolute path for a local model directory (so a run dir works from anywhere), else
     the hub id as given. Fails fast on a local path that does not exist."""
@@ -184,6 +205,7 @@ def load_base(
             f"the tokenizer has {len(tokenizer)} entries but the model's vocabulary only {vocab}; "
             "use the tokenizer the model was trained with (--tokenizer)"
         )
+    limit_heap_fragmentation()
     kw: dict[str, Any] = {"config": config, "use_safetensors": True, "dtype": torch.float32}
     if qlora:
         kw["quantization_config"] = quantization_config(compute_dtype())
