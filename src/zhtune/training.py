@@ -340,7 +340,15 @@ def _step_of(p: Path) -> int:
 
 
 def is_complete_checkpoint(p: Path) -> bool:
-    return (p / "trainer_state.json").is_file() and any((p / f).is_file() for f in WEIGHT_FILES)
+    """Weights and a ``trainer_state.json`` that parses (a kill while the Trainer wrote it,
+    its last file, leaves it truncated)."""
+    if not any((p / f).is_file() for f in WEIGHT_FILES):
+        return False
+    try:
+        json.loads((p / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def find_checkpoint(ckpt_dir: str | Path) -> Path | None:
@@ -501,6 +509,44 @@ def build_training_args(cfg: TrainingConfig, out: Path, n_train: int):
     )
 
 
+class _SeededLengthOrder:
+    """Length-grouped batches whose order is seeded by (seed, epoch).
+
+    The Trainer's ``LengthGroupedSampler`` draws each epoch's permutation from the global
+    torch RNG, which a run resumed in a later epoch does not hold in the state the
+    uninterrupted run had: it trained on other batches after the resume. (The random
+    sampler is already seeded per epoch.)"""
+
+    def __init__(self, inner: Any, seed: int) -> None:
+        self.inner, self.seed, self.epoch = inner, seed, 0
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        import torch
+
+        self.inner.generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(self.inner)
+
+
+def _seeded_order_trainer_class():
+    from transformers import Trainer
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    class SeededOrderTrainer(Trainer):
+        def _get_train_sampler(self, train_dataset=None):
+            sampler = super()._get_train_sampler(train_dataset)
+            if isinstance(sampler, LengthGroupedSampler):
+                return _SeededLengthOrder(sampler, self.args.seed)
+            return sampler
+
+    return SeededOrderTrainer
+
+
 def run_trainer(
     model: Any,
     train_ds: Any,
@@ -520,7 +566,9 @@ def run_trainer(
     model's input columns). ``loss_fn="auto"`` builds the loss from ``cfg``; pass None for
     the model's own loss or your own ``compute_loss_func``. Writes ``history.jsonl``,
     TensorBoard logs in ``out/tensorboard`` and ``training_curves.png`` into ``out``."""
-    from transformers import DataCollatorWithPadding, EarlyStoppingCallback, Trainer
+    from transformers import DataCollatorWithPadding, EarlyStoppingCallback
+
+    _SeededOrderTrainer = _seeded_order_trainer_class()  # noqa: N806
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -551,7 +599,7 @@ def run_trainer(
     cbs = [HistoryCallback(history_path), *callbacks, *tracking.trainer_callbacks(cfg, out)]
     if cfg.patience:
         cbs.append(EarlyStoppingCallback(cfg.patience, cfg.early_stopping_threshold))
-    trainer = Trainer(
+    trainer = _SeededOrderTrainer(
         model=model,
         args=args,
         train_dataset=train_ds,
