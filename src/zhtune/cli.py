@@ -205,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     except ZhtuneError as e:
         if ns.debug:
             raise
-        print(f"zhtune {ns.command}: error: {e}", file=sys.stderr)
+        one_line = " ".join(x.strip() for x in str(e).splitlines() if x.strip())
+        print(f"zhtune {ns.command}: error: {one_line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"zhtune {ns.command}: interrupted", file=sys.stderr)
@@ -213,8 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # an unexpected failure: one line unless --debug
         if ns.debug:
             raise
+        first = next((x.strip() for x in str(e).splitlines() if x.strip()), "")
         print(
-            f"zhtune {ns.command}: unexpected error: {type(e).__name__}: {e} (rerun with --debug for the traceback)",
+            f"zhtune {ns.command}: unexpected error: {type(e).__name__}: {first} (rerun with --debug for the traceback)",
             file=sys.stderr,
         )
         return 1
