@@ -17,10 +17,11 @@ model is saved once (bf16 safetensors) and each child loads it with zhtune's loa
 (``zhtune.llm_models.load_base``); the safetensors file is memory-mapped while loading and
 its pages count in the resident set until the load ends.
 
-Every child sets glibc's mmap threshold to 4 MiB first, as zhtune's LLM loader does on CPU
-(``zhtune.llm_models.limit_heap_fragmentation``; ``--malloc default`` keeps glibc's dynamic
-threshold, under which bitsandbytes' per-call fp32 dequantization temporaries fragment the
-heap and QLoRA's peak grows by up to ~1 GB).
+Every child first fixes glibc's mmap threshold at 128 KiB, as zhtune's loader does for QLoRA
+on CPU (``zhtune.llm_models.limit_heap_fragmentation``), so all three setups run with the same
+allocator settings; ``--malloc default`` keeps glibc's dynamic threshold, under which
+bitsandbytes' per-call fp32 dequantization temporaries fragment the heap and QLoRA's peak
+grows by up to ~1 GiB.
 
 The parent reads each child's peak RSS (``ru_maxrss`` from ``os.wait4``), prints a table,
 then the ratios LoRA / full and QLoRA / LoRA.
@@ -236,7 +237,7 @@ def main() -> None:
         "--malloc",
         choices=("zhtune", "default"),
         default="zhtune",
-        help="zhtune: glibc mmap threshold 4 MiB in every setup (zhtune.llm_models."
+        help="zhtune: glibc mmap threshold 128 KiB in every setup (zhtune.llm_models."
         "limit_heap_fragmentation); default: glibc's dynamic threshold",
     )
     p.add_argument("--_child", nargs="+", help=argparse.SUPPRESS)

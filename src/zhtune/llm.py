@@ -216,9 +216,9 @@ def run_lora(cfg: LlmConfig, out: str | Path) -> dict:
     del model
     free_memory()
     clf = Classifier.load(out)
-    name = (
-        f"{'qlora' if cfg.qlora else 'lora'}-{cfg.mode}" if not cfg.freeze_base else "frozen-head"
-    )
+    name = f"{'qlora' if cfg.qlora else 'lora'}-{cfg.mode}"
+    if cfg.freeze_base:
+        name = "frozen-head" + ("-4bit" if cfg.qlora else "")
     metrics_extra = {
         "model": f"{name}:{Path(cfg.model).name or cfg.model}",
         "train_seconds": result.train_seconds,

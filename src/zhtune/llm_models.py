@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,8 @@ log = logging.getLogger("zhtune")
 # bitsandbytes logs a warning at import on CPUs with AVX512-BF16 when the optional `kernels`
 # package (which downloads kernels from the Hugging Face hub) is missing; its fallback works
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+# raised from inside peft (prepare_model_for_kbit_training / get_peft_model), not our call
+warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
 
 HEAD_FILE = "head.safetensors"
 ADAPTER_FILE = "adapter_model.safetensors"
@@ -57,16 +60,18 @@ def quiet_transformers() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-MMAP_THRESHOLD = 4 * 2**20
+MMAP_THRESHOLD = 128 * 1024
 
 
 def limit_heap_fragmentation() -> bool:
-    """On CPU with glibc: serve allocations of >= 4 MiB with mmap (returned on free).
+    """On CPU with glibc: serve every allocation of >= 128 KiB with its own mmap.
 
     bitsandbytes dequantizes each 4-bit weight to a temporary fp32 matrix on every forward
-    and backward pass on CPU; with glibc's default (dynamic) mmap threshold these temporaries
-    come from the heap, fragment it, and the resident memory of a QLoRA run grows by up to
-    ~1 GB for a 0.5B model (docs/llm.md). Process-wide; only touches allocations that big."""
+    and backward pass on CPU. With glibc's default, *dynamic* mmap threshold (it rises to
+    32 MiB after the first big free) these temporaries and the activations between them come
+    from the heap, fragment it, and a QLoRA run's resident memory grows by up to ~1 GiB for a
+    0.5B model (docs/llm.md). A fixed threshold returns big blocks to the system on free.
+    Process-wide; called for QLoRA on CPU (``load_base(qlora=True)``)."""
     import ctypes
     import sys
 
@@ -205,9 +210,9 @@ def load_base(
             f"the tokenizer has {len(tokenizer)} entries but the model's vocabulary only {vocab}; "
             "use the tokenizer the model was trained with (--tokenizer)"
         )
-    limit_heap_fragmentation()
     kw: dict[str, Any] = {"config": config, "use_safetensors": True, "dtype": torch.float32}
     if qlora:
+        limit_heap_fragmentation()
         kw["quantization_config"] = quantization_config(compute_dtype())
         kw["device_map"] = {"": 0} if torch.cuda.is_available() else "cpu"
     auto = AutoModelForSequenceClassification if mode == "head" else AutoModelForCausalLM
