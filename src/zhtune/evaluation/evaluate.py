@@ -163,7 +163,11 @@ def evaluate_model(
 
     out = prepare_out_dir(out)
     save_config(cfg, out)
-    splits = splits if splits is not None else load_splits(cfg)
+    if splits is None:
+        splits = load_splits(cfg)
+        write_json(out / "data.json", splits.report)  # sizes, skipped rows, warnings
+        for w in splits.report["warnings"]:
+            log.warning(w)
     labels = list(splits.label_map.names)
     clf = model if isinstance(model, Classifier) else Classifier.load(model)
     model_path = clf.path
