@@ -214,8 +214,13 @@ class _ByteLines:
                         f"bytes that are not UTF-8 at column {e.start + 1}",
                     )
                     continue
-                if self.no == 1:
+                if self.no == 1 and line.startswith(BOM):
                     line = line.lstrip(BOM)
+                    print(
+                        f"warning: {self.path}: a UTF-8 byte-order mark (BOM) at the start of "
+                        "the file was removed",
+                        file=sys.stderr,
+                    )
                 if "\x00" in line:
                     self.bad.add(str(self.path), self.no, "nul_byte", "a NUL byte (binary file?)")
                     continue
