@@ -17,6 +17,7 @@ import random
 import resource
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -130,15 +131,17 @@ def _kill_resume(
     assert res.returncode == 0, res.stderr[-3000:]
     rows = _assert_same_history(ref / history, run / history)
     worst = _assert_same_weights(ref / weights, run / weights)
-    return {
+    figures = {
+        "command": args[0],
         "kill_after": step,
-        "delay": delay,
+        "delay": round(delay, 3),
         "checkpoints_at_kill": killed_at,
         "rows": rows,
         "max_weight_diff": worst,
-        "resume_seconds": time.perf_counter() - t,
-        "stderr": res.stderr,
+        "resume_seconds": round(time.perf_counter() - t, 1),
     }
+    print(json.dumps(figures), file=sys.__stderr__)  # the figures in docs/reliability.md
+    return {**figures, "stderr": res.stderr}
 
 
 # --- kill -9 and resume ---------------------------------------------------------------------
