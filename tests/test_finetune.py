@@ -254,3 +254,33 @@ def test_resume_auto_refuses_other_settings(finetuned):
     model = json.loads((out / "zhtune.json").read_text(encoding="utf-8"))["base_model"]
     with pytest.raises(ZhtuneError, match="max_length=32 \\(now 48\\)"):
         run_finetune(finetune_cfg(train, model, max_length=48), out)
+
+
+@pytest.mark.parametrize(
+    "preset",
+    sorted((Path(__file__).parents[1] / "configs").glob("finetune-*.yaml")),
+    ids=lambda p: p.name,
+)
+def test_presets_parse_and_run_a_step(preset, tmp_path, sentiment_csv):
+    from dataclasses import replace
+
+    from zhtune.config import load_config
+
+    cfg = load_config(FinetuneConfig, preset, model="none")
+    cfg = replace(
+        cfg,
+        dataset=None,
+        train=str(sentiment_csv),
+        model=str(tiny_encoder_dir(tmp_path / "m")) if cfg.model != "none" else "none",
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_steps=1,
+        eval_every=1,
+        max_length=min(cfg.max_length, 64),
+        report_to="none",
+        progress=False,
+    )
+    m = run_finetune(cfg, tmp_path / "run")
+    assert m["steps"] == 1

@@ -61,21 +61,21 @@ class QuickstartConfig(DataConfig):
     skip_scratch: bool = arg(False, "skip the control: fine-tuning from random weights")
     skip_compare: bool = arg(False, "skip zhtune compare (calibration, robustness, its report)")
     # model (pretraining and the scratch control share it)
-    hidden_size: int = arg(256, "hidden size of the tiny RoBERTa")
-    num_hidden_layers: int = arg(4, "transformer layers")
-    num_attention_heads: int = arg(4, "attention heads")
-    intermediate_size: int = arg(1024, "feed-forward size")
+    hidden_size: int = arg(128, "hidden size of the tiny RoBERTa")
+    num_hidden_layers: int = arg(2, "transformer layers")
+    num_attention_heads: int = arg(2, "attention heads")
+    intermediate_size: int = arg(512, "feed-forward size")
     # pretraining budget
     pretrain_extra: list[str] | None = arg(
         None, "extra built-in corpora for pretraining (all their texts), e.g. inews"
     )
     pretrain_minutes: float = arg(6.0, "pretraining time budget in minutes")
-    pretrain_max_steps: int = arg(2000, "pretraining steps (the schedule's length)")
+    pretrain_max_steps: int = arg(3000, "pretraining steps (the schedule's length)")
     pretrain_seq_length: int = arg(128, "tokens per pretraining chunk")
     pretrain_batch_size: int = arg(32, "pretraining batch size")
-    pretrain_learning_rate: float = arg(5e-4, "pretraining peak learning rate")
+    pretrain_learning_rate: float = arg(1e-3, "pretraining peak learning rate")
     # fine-tuning budget
-    finetune_epochs: float = arg(3.0, "fine-tuning epochs (pretrained and scratch)")
+    finetune_epochs: float = arg(2.0, "fine-tuning epochs (pretrained and scratch)")
     finetune_max_steps: int | None = arg(None, "fine-tuning steps (overrides epochs)")
     finetune_learning_rate: float = arg(3e-4, "fine-tuning peak learning rate")
     scratch_learning_rate: float | None = arg(
@@ -88,7 +88,7 @@ class QuickstartConfig(DataConfig):
     precision: str = arg(
         "auto", "auto = bf16 autocast when the CPU/GPU supports it", ("auto", "fp32", "bf16")
     )
-    report_to: str = arg("none", "fine-tuning logs", ("tensorboard", "none"))
+    report_to: str = arg("tensorboard", "fine-tuning logs (RUN/tensorboard)", ("tensorboard", "none"))
     progress: bool = arg(True, "show progress bars")
 
     def __post_init__(self) -> None:
