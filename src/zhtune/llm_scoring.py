@@ -177,7 +177,9 @@ class LabelScorer:
         """Prompt token ids per text: [bos] template-before + text (truncated) + template-after."""
         if not texts:
             return []
-        text_ids = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+        text_ids = self.tokenizer(
+            list(texts), add_special_tokens=False, truncation=True, max_length=self.text_budget
+        )["input_ids"]
         return [
             self.prefix + self.pre_ids + list(ids[: self.text_budget]) + self.suf_ids
             for ids in text_ids
