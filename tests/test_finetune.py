@@ -170,6 +170,16 @@ def test_from_scratch_model_none(tmp_path, sentiment_csv):
     )
     assert "scratch" in m["model"]
     assert list((tmp_path / "run" / "tensorboard").glob("events.*"))
+    # the trainer and the model were freed: a next run in this process starts clean
+    import gc
+    import warnings
+
+    from transformers import PreTrainedModel
+
+    gc.collect()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert not [o for o in gc.get_objects() if isinstance(o, PreTrainedModel)]
     assert Classifier.load(tmp_path / "run").labels == ["negative", "positive"]
 
 

@@ -633,7 +633,9 @@ def run_trainer(
     for cb in cbs:
         if hasattr(cb, "tb_writer") and cb.tb_writer is not None:
             cb.tb_writer.close()
-    del trainer
+    # drop every local reference to the model: a traceback kept by a lazy import further
+    # down (seen with transformers' import machinery) would otherwise keep this frame alive
+    del trainer, model, base, cbs
     free_memory()
     if tracking.is_main_process():
         write_training_curves(result.history, out / CURVES_FILE, cfg.metric_for_best)
