@@ -206,10 +206,12 @@ class EncoderBackend:
         check_safetensors(local, allow_pickle)
         from transformers.utils import logging as hf_logging
 
-        bars = hf_logging.is_progress_bar_enabled()
-        hf_logging.disable_progress_bar()  # no "Loading weights" bar for a small model
         if local.is_dir() and not (local / "config.json").is_file():
             raise ModelLoadError(f"{path}: no config.json (not a Hugging Face model directory)")
+        bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # no "Loading weights" bar for a small model
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # missing weights are reported below, in one line
         try:
             model, info = AutoModelForSequenceClassification.from_pretrained(
                 str(path), use_safetensors=not allow_pickle, output_loading_info=True
@@ -218,12 +220,15 @@ class EncoderBackend:
         except (OSError, ValueError, KeyError, RuntimeError) as e:
             raise ModelLoadError(f"cannot load {path}: {e}") from None
         finally:
+            hf_logging.set_verbosity(verbosity)
             if bars:
                 hf_logging.enable_progress_bar()
-        missing = list(info.get("missing_keys") or []) + list(info.get("mismatched_keys") or [])
+        missing = sorted(
+            map(str, [*(info.get("missing_keys") or ()), *(info.get("mismatched_keys") or ())])
+        )
         if missing:  # transformers would fill them with random values and predict noise
             raise ModelLoadError(
-                f"{path}: weights missing from the checkpoint ({', '.join(map(str, missing[:3]))}"
+                f"{path}: weights missing from the checkpoint ({', '.join(missing[:3])}"
                 f"{', ...' if len(missing) > 3 else ''}): not a trained classifier, or a "
                 "corrupt file (fine-tune it first with `zhtune finetune`)"
             )
