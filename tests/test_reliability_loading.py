@@ -357,6 +357,7 @@ def test_corrupted_model_directory_one_line_exit_2(base, tmp_path, case, capsys)
         assert rc == 2, (name, err)
         assert words in err[-1] and err[-1].startswith(f"zhtune {name}: error:"), (name, err)
         assert not any("Traceback" in x for x in err)
+        assert len(err) == 1 or name != "predict", err  # nothing but the error line
     with pytest.raises(ModelLoadError):  # --debug: the exception (and its traceback) surfaces
         main(["--debug", *refusing_commands(base, d, tmp_path / "out")["predict"]])
 
