@@ -52,6 +52,7 @@ class ServeSettings:
     batch_size: int = 32  # texts per forward pass inside a micro-batch
     int8: bool = False
     calibrated: bool = False
+    allow_pickle: bool = False  # trusted .bin weights (torch.load weights_only=True)
 
     def check(self) -> None:
         for name in ("max_batch", "max_texts", "max_chars", "max_body_bytes", "max_queue"):
@@ -226,6 +227,8 @@ def create_app(settings: ServeSettings, classifier=None):
 
         try:
             kw: dict[str, Any] = {"int8": True} if settings.int8 else {}
+            if settings.allow_pickle:
+                kw["allow_pickle"] = True
             clf = Classifier.load(settings.model, calibrated=settings.calibrated, **kw)
             clf.predict_proba(["预热"], batch_size=1)  # warm up before reporting healthy
             activate(clf)
@@ -509,6 +512,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--int8", action="store_true", help="PyTorch dynamic int8 (encoder models)")
     p.add_argument("--calibrated", action="store_true", help="apply the fitted temperature")
     p.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="allow a model whose weights are only .bin (pickle) files, if you trust them",
+    )
+    p.add_argument(
         "--threads",
         type=int,
         help="inference threads (default: the cores other processes leave free)",
@@ -539,6 +547,7 @@ def run_cli(ns: argparse.Namespace) -> int:
         batch_size=ns.batch_size,
         int8=ns.int8,
         calibrated=ns.calibrated,
+        allow_pickle=ns.allow_pickle,
     )
     if ns.threads:
         os.environ["ZHTUNE_THREADS"] = str(ns.threads)
