@@ -16,6 +16,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import pytest
 
 from test_reliability_helpers import (
@@ -251,6 +252,8 @@ def test_serve_and_export_startup_ignore_planted_pickles(base, tmp_path) -> None
     assert res.returncode == 2, res.stderr[-2000:]
     last = res.stderr.strip().splitlines()[-1]
     assert "pickle" in last and "Traceback" not in res.stderr, res.stderr[-2000:]
+    res = run_zhtune("serve", "--model", str(evil), "--port", "0", "--allow-pickle", timeout=180)
+    assert res.returncode == 2 and "Weights only load failed" in res.stderr, res.stderr[-2000:]
     planted = copy(base["classifier"], tmp_path / "planted")
     plant_pickles(planted, marker)
     res = run_zhtune(
@@ -258,6 +261,20 @@ def test_serve_and_export_startup_ignore_planted_pickles(base, tmp_path) -> None
     )
     assert res.returncode == 0, res.stderr[-2000:]
     assert not marker.exists()
+
+
+def test_serve_allow_pickle_serves_trusted_weights(base, tmp_path) -> None:
+    from test_reliability_server import Server
+
+    enc = to_pickle_only(copy(base["classifier"], tmp_path / "enc"))
+    srv = Server(enc, tmp_path / "serve.log", "--allow-pickle")
+    try:
+        srv.wait_ready()
+        r = httpx.post(srv.url + "/v1/classify", json={"texts": ["质量很好"]}, timeout=10)
+        assert r.status_code == 200
+    finally:
+        srv.stop()
+    assert "--allow-pickle" in srv.log()  # the warning
 
 
 # --- corrupted model directories --------------------------------------------------------------
