@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import socket
 from pathlib import Path
 
 import pytest
@@ -62,3 +63,36 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 @pytest.fixture
 def sentiment_csv(tmp_path: Path) -> Path:
     return write_csv(tmp_path / "train.csv", labelled_rows())
+
+
+def tiny_encoder(out: Path, labels: list[str] = ("negative", "positive"), seed: int = 0) -> Path:
+    """A random 2-layer BERT classifier with the packaged Chinese vocabulary, as a zhtune model dir."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from zhtune.runs import write_manifest
+    from zhtune.text import load_tokenizer
+
+    labels = list(labels)
+    cfg = BertConfig(
+        vocab_size=21128,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={name: i for i, name in enumerate(labels)},
+        initializer_range=0.5,  # larger weights: predictions differ from text to text
+    )
+    torch.manual_seed(seed)
+    BertForSequenceClassification(cfg).save_pretrained(out)
+    load_tokenizer().save_pretrained(out)
+    write_manifest(out, "encoder", labels)
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import labelled_rows, write_csv
+from conftest import labelled_rows, tiny_encoder, write_csv
 from zhtune.classifier import Classifier
 from zhtune.cli import main
 
@@ -20,31 +20,6 @@ TEXTS = [
     "这是一段比较长的评论，说了很多很多的话。" * 5,
     "好",
 ]
-
-
-def tiny_encoder(out: Path, seed: int = 0) -> Path:
-    import torch
-    from transformers import BertConfig, BertForSequenceClassification
-
-    from zhtune.runs import write_manifest
-    from zhtune.text import load_tokenizer
-
-    cfg = BertConfig(
-        vocab_size=21128,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        num_labels=2,
-        id2label=dict(enumerate(LABELS)),
-        label2id={n: i for i, n in enumerate(LABELS)},
-        initializer_range=0.5,
-    )
-    torch.manual_seed(seed)
-    BertForSequenceClassification(cfg).save_pretrained(out)
-    load_tokenizer().save_pretrained(out)
-    write_manifest(out, "encoder", LABELS)
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -118,6 +93,6 @@ def test_export_refusals(encoder_dir: Path, tmp_path: Path, capsys) -> None:
     bl = tmp_path / "bl"
     bl.mkdir()
     (bl / "zhtune.json").write_text('{"kind": "baseline", "labels": ["a", "b"]}', "utf-8")
-    (bl / "model.skops").write_bytes(b"")
+    (bl / "baseline.safetensors").write_bytes(b"")
     assert main(["export", "--model", str(bl), "--out", out]) == 2
     assert "kind 'baseline' cannot be exported" in capsys.readouterr().err

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import NEG, POS, write_csv, write_jsonl
+from conftest import NEG, POS, tiny_encoder, write_csv, write_jsonl
 from zhtune.classifier import Classifier
 from zhtune.cli import main
 from zhtune.errors import DataError
@@ -17,32 +17,6 @@ from zhtune.predict import DEMO_TEXTS, interactive, iter_texts
 
 LABELS = ["negative", "positive"]
 TEXTS = POS[:5] + NEG[:5] + ["好", "这是一段比较长的评论，" * 8]
-
-
-def tiny_encoder(out: Path, labels: list[str] = LABELS, seed: int = 0) -> Path:
-    """A random 2-layer BERT classifier with the packaged Chinese vocabulary."""
-    import torch
-    from transformers import BertConfig, BertForSequenceClassification
-
-    from zhtune.runs import write_manifest
-    from zhtune.text import load_tokenizer
-
-    cfg = BertConfig(
-        vocab_size=21128,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        num_labels=len(labels),
-        id2label=dict(enumerate(labels)),
-        label2id={name: i for i, name in enumerate(labels)},
-        initializer_range=0.5,  # larger weights: predictions differ from text to text
-    )
-    torch.manual_seed(seed)
-    BertForSequenceClassification(cfg).save_pretrained(out)
-    load_tokenizer().save_pretrained(out)
-    write_manifest(out, "encoder", labels)
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -19,6 +18,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from conftest import free_port, tiny_encoder
 
 LABELS = ["negative", "positive"]
 POOL = [
@@ -35,37 +36,6 @@ POOL = [
     "用了三天就坏了",
     "还行吧，没有想象中那么好，也没有那么差，凑合用吧。",
 ]
-
-
-def tiny_encoder(out: Path, seed: int = 0) -> Path:
-    import torch
-    from transformers import BertConfig, BertForSequenceClassification
-
-    from zhtune.runs import write_manifest
-    from zhtune.text import load_tokenizer
-
-    cfg = BertConfig(
-        vocab_size=21128,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        num_labels=2,
-        id2label=dict(enumerate(LABELS)),
-        label2id={n: i for i, n in enumerate(LABELS)},
-        initializer_range=0.5,
-    )
-    torch.manual_seed(seed)
-    BertForSequenceClassification(cfg).save_pretrained(out)
-    load_tokenizer().save_pretrained(out)
-    write_manifest(out, "encoder", LABELS)
-    return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:

@@ -15,6 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from conftest import tiny_encoder
+
 CHROMEDRIVER = "/usr/bin/chromedriver"
 LABELS = ["负面", "正面"]  # Chinese label names, as a user's data would have
 
@@ -27,34 +29,9 @@ pytestmark = [
 ]
 
 
-def tiny_encoder(out: Path, seed: int = 0) -> Path:
-    import torch
-    from transformers import BertConfig, BertForSequenceClassification
-
-    from zhtune.runs import write_manifest
-    from zhtune.text import load_tokenizer
-
-    cfg = BertConfig(
-        vocab_size=21128,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        num_labels=2,
-        id2label=dict(enumerate(LABELS)),
-        label2id={n: i for i, n in enumerate(LABELS)},
-        initializer_range=0.5,
-    )
-    torch.manual_seed(seed)
-    BertForSequenceClassification(cfg).save_pretrained(out)
-    load_tokenizer().save_pretrained(out)
-    write_manifest(out, "encoder", LABELS)
-    return out
-
-
 @pytest.fixture(scope="module")
 def server_url(tmp_path_factory) -> Iterator[str]:
-    model = tiny_encoder(tmp_path_factory.mktemp("model"))
+    model = tiny_encoder(tmp_path_factory.mktemp("model"), labels=LABELS)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
