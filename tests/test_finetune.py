@@ -121,7 +121,13 @@ def test_label_names_survive_and_transformers_gives_same_probs(finetuned):
     assert config.id2label == {0: "negative", 1: "positive"}
     assert config.label2id == {"negative": 0, "positive": 1}
     assert config.zhtune_max_length == 32
-    texts = ["质量很好，物流也快", "用了两天就坏了", "这本书印刷模糊，客服态度恶劣，不推荐"]
+    # the last text has the vocabulary's last tokens (##😂, ##🔥): every token id must fit
+    texts = [
+        "质量很好，物流也快",
+        "用了两天就坏了",
+        "这本书印刷模糊，客服态度恶劣，不推荐",
+        "b😂b🔥了",
+    ]
     model = AutoModelForSequenceClassification.from_pretrained(out).eval()
     tok = AutoTokenizer.from_pretrained(out)
     with torch.no_grad():

@@ -152,7 +152,7 @@ def build_model(cfg: FinetuneConfig, labels: list[str], tokenizer: Any):
     seed_everything(cfg.seed)  # the classifier head (and a scratch model) start the same
     if cfg.scratch_model:
         config = RobertaConfig(
-            vocab_size=len(tokenizer),
+            vocab_size=vocab_rows(tokenizer),
             hidden_size=cfg.hidden_size,
             num_hidden_layers=cfg.num_hidden_layers,
             num_attention_heads=cfg.num_attention_heads,
@@ -176,12 +176,13 @@ def build_model(cfg: FinetuneConfig, labels: list[str], tokenizer: Any):
     _set_dropout(config, cfg)
     _check_fits(config, cfg, tokenizer)
     if cfg.from_scratch:
-        return AutoModelForSequenceClassification.from_config(config)
+        return _fit_vocab(AutoModelForSequenceClassification.from_config(config), tokenizer)
     check_safetensors(local, cfg.allow_pickle)
     try:
-        return AutoModelForSequenceClassification.from_pretrained(
+        model = AutoModelForSequenceClassification.from_pretrained(
             cfg.model, config=config, use_safetensors=None if cfg.allow_pickle else True
         )
+        return _fit_vocab(model, tokenizer)
     except (OSError, ValueError) as e:
         hint = (
             ""
@@ -189,6 +190,26 @@ def build_model(cfg: FinetuneConfig, labels: list[str], tokenizer: Any):
             else " (only .bin weights? if you trust them: --allow-pickle true)"
         )
         raise ModelLoadError(f"cannot load weights from {cfg.model!r}: {e}{hint}") from None
+
+
+def vocab_rows(tokenizer: Any) -> int:
+    """Embedding rows the tokenizer needs: its largest id + 1 (its ids may have gaps)."""
+    return max(len(tokenizer), max(tokenizer.get_vocab().values()) + 1)
+
+
+def _fit_vocab(model: Any, tokenizer: Any):
+    """Add embedding rows when the tokenizer's largest id is beyond the model's vocabulary.
+
+    The built-in vocabulary read with ``str.splitlines`` splits its two U+2028 entries, so
+    its ids run to 21,129 while ``len(tokenizer)`` is 21,128; a model sized by ``len`` would
+    fail with an IndexError on the last two tokens (``##😂``, ``##🔥``)."""
+    rows = model.get_input_embeddings().num_embeddings
+    need = vocab_rows(tokenizer)
+    if need > rows:
+        log.warning("tokenizer ids reach %d but the model has %d embedding rows: adding %d "
+                    "(untrained) rows", need - 1, rows, need - rows)  # fmt: skip
+        model.resize_token_embeddings(need, mean_resizing=False)
+    return model
 
 
 def _check_fits(config: Any, cfg: FinetuneConfig, tokenizer: Any) -> None:

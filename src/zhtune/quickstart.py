@@ -88,7 +88,9 @@ class QuickstartConfig(DataConfig):
     precision: str = arg(
         "auto", "auto = bf16 autocast when the CPU/GPU supports it", ("auto", "fp32", "bf16")
     )
-    report_to: str = arg("tensorboard", "fine-tuning logs (RUN/tensorboard)", ("tensorboard", "none"))
+    report_to: str = arg(
+        "tensorboard", "fine-tuning logs (RUN/tensorboard)", ("tensorboard", "none")
+    )
     progress: bool = arg(True, "show progress bars")
 
     def __post_init__(self) -> None:
@@ -244,16 +246,20 @@ def run_quickstart(cfg: QuickstartConfig, out: str | Path) -> list[dict]:
         from zhtune.evaluation.compare import compare_runs
 
         log.info("quickstart stage: compare (same test rows, calibration, robustness)")
-        compare_runs(
-            [str(p) for p in runs.values()],
-            DataConfig(**cfg.data_fields()),
-            out / "compare",
-            names=list(runs),
-            title="zhtune quickstart: model comparison",
-            add_baseline=False,
-            max_robustness_samples=300,
-        )
-        compare_report = "compare/report.html"
+        try:
+            compare_runs(
+                [str(p) for p in runs.values()],
+                DataConfig(**cfg.data_fields()),
+                out / "compare",
+                names=list(runs),
+                title="zhtune quickstart: model comparison",
+                add_baseline=False,
+                max_robustness_samples=300,
+            )
+            compare_report = "compare/report.html"
+        except Exception as e:  # the trained models and their summary must not be lost
+            log.error("quickstart: the compare stage failed (%s: %s); the summary is still "
+                      "written", type(e).__name__, e)  # fmt: skip
         gc.collect()
 
     total = time.perf_counter() - t0
