@@ -32,6 +32,7 @@ from zhtune.llm_models import load_backend  # noqa: F401 - Classifier kinds lora
 from zhtune.llm_scoring import DEFAULT_TEMPLATE, SCORE_NORMS, WORD_AGGS, parse_label_words
 from zhtune.llm_scoring import parse_template as _parse_template
 from zhtune.runs import prepare_out_dir, write_json, write_manifest
+from zhtune.tracking import finish_run, is_main_process
 from zhtune.training import TrainingConfig, count_parameters, free_memory, run_trainer
 
 log = logging.getLogger("zhtune")
@@ -180,9 +181,12 @@ def run_lora(cfg: LlmConfig, out: str | Path) -> dict:
     set_threads()
     base_ref = model_ref(cfg.model)
     out = prepare_out_dir(out)
-    save_config(cfg, out)
+    main = is_main_process()  # under torchrun / accelerate only rank 0 writes run files
+    if main:
+        save_config(cfg, out)
     splits = load_splits(cfg)
-    write_json(out / "data.json", splits.report)
+    if main:
+        write_json(out / "data.json", splits.report)
     for w in splits.report["warnings"]:
         log.warning(w)
     labels = list(splits.label_map.names)
@@ -206,6 +210,8 @@ def run_lora(cfg: LlmConfig, out: str | Path) -> dict:
         data_collator=collator,
         loss_fn="auto" if cfg.mode == "head" else None,
     )
+    if not main:  # the other ranks are done once training is
+        return {}
     save_run(result.model, cfg, out, labels, tokenizer, base_ref, extra)
     evals = [r for r in result.history if r.get("kind") == "eval"]
     best_step = (
@@ -234,6 +240,7 @@ def run_lora(cfg: LlmConfig, out: str | Path) -> dict:
     metrics = write_test_outputs(clf, splits, out, extra=metrics_extra, batch_size=cfg.eval_bs)
     del clf
     free_memory()
+    finish_run(out, metrics)
     return metrics
 
 
