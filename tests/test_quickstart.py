@@ -55,6 +55,7 @@ def test_tiny_quickstart_every_stage(tmp_path):
         assert fig in html and (out / fig).is_file()
     md = (out / "summary.md").read_text(encoding="utf-8")
     assert "fine-tuned from scratch" in md and "TF-IDF" in md
+    assert "Best fine-tuned model" in md and "TF-IDF baseline" in html
 
 
 def test_quickstart_stage_switches_and_errors(tmp_path):

@@ -264,6 +264,9 @@ def run_quickstart(cfg: QuickstartConfig, out: str | Path) -> list[dict]:
 
     total = time.perf_counter() - t0
     summary = format_table(rows, SUMMARY_COLUMNS)
+    verdict = compare_to_baseline(rows)
+    if verdict:
+        summary += "\n\n" + verdict
     write_json(out / "summary.json", {"total_seconds": total, "rows": rows,
                                       "pretrain": pretrain_metrics})  # fmt: skip
     (out / "summary.md").write_text(
@@ -275,6 +278,21 @@ def run_quickstart(cfg: QuickstartConfig, out: str | Path) -> list[dict]:
     print(summary)
     print(f"\ntotal {total / 60:.1f} min; runs, summary.md and report.html in {out}")
     return rows
+
+
+def compare_to_baseline(rows: list[dict]) -> str:
+    """One line: the best fine-tuned accuracy against the TF-IDF baseline's."""
+    base = next((r for r in rows if r.get("run") == "baseline"), None)
+    tuned = [r for r in rows if r.get("run") in ("finetune", "scratch")]
+    if base is None or not tuned:
+        return ""
+    best = max(tuned, key=lambda r: r["accuracy"])
+    diff = best["accuracy"] - base["accuracy"]
+    word = "matches or beats" if diff >= 0 else "is below"
+    return (
+        f"Best fine-tuned model ({best['model']}): accuracy {best['accuracy']:.4f}, which "
+        f"{word} the TF-IDF baseline's {base['accuracy']:.4f} ({diff:+.4f})."
+    )
 
 
 def write_report(
@@ -303,11 +321,13 @@ def write_report(
         '<!DOCTYPE html><html lang="zh-CN"><head><meta charset="utf-8">',
         "<title>zhtune quickstart</title><style>body{font-family:sans-serif;max-width:1100px;"
         "margin:24px auto;padding:0 16px}table{border-collapse:collapse}td,th{border:1px solid "
-        "#ccc;padding:4px 8px;text-align:right}td:first-child{text-align:left}img{max-width:"
-        "48%;border:1px solid #eee;margin:4px}</style></head><body>",
+        "#ccc;padding:4px 8px;text-align:right}th{text-align:center}td:first-child{text-align:"
+        "left}img{max-width:48%;border:1px solid #eee;margin:4px;vertical-align:top}</style>"
+        "</head><body>",
         f"<h1>zhtune quickstart: {html.escape(str(cfg.dataset))}</h1>",
         f"<p>Same train/dev/test split for every model; total {total / 60:.1f} min.</p>",
         f"<table><tr>{head}</tr>{body}</table>",
+        f"<p>{html.escape(compare_to_baseline(rows))}</p>",
     ]
     if compare_report:
         parts.append(
