@@ -25,6 +25,8 @@ TINY = {
     "max_length": 32,
     "batch_size": 16,
     "progress": False,
+    "llm_pretrain_max_steps": 3,
+    "llm_train_samples": 16,
 }
 
 
@@ -35,10 +37,20 @@ def test_tiny_quickstart_every_stage(tmp_path):
     assert main(["quickstart", "--out", str(out), *flags]) == 0
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     runs = [r["run"] for r in summary["rows"]]
-    assert runs == ["baseline", "finetune", "scratch"]
+    assert runs == [
+        "baseline",
+        "finetune",
+        "scratch",
+        "llm/lora-head",
+        "llm/lora-scoring",
+        "llm/zero-shot",
+    ]
     for r in summary["rows"]:
         assert 0 <= r["accuracy"] <= 1 and r["n"] == 60
-        assert r["train_seconds"] > 0 and r["model_bytes"] > 0 and r["texts_per_second"] > 0
+        trained = r["run"] != "llm/zero-shot"  # zero-shot has no training
+        assert (r["train_seconds"] > 0) == trained
+        assert (r["model_bytes"] > 0) == trained  # zero-shot saves no weights of its own
+        assert r["texts_per_second"] > 0
     assert summary["rows"][1]["pretrain_seconds"] > 0
     assert "from scratch" in summary["rows"][2]["model"]
     # pretraining saw the training split only: no dev/test text
@@ -70,6 +82,7 @@ def test_quickstart_stage_switches_and_errors(tmp_path):
             "--skip-pretrain=true",
             "--skip-scratch=true",
             "--skip-compare=true",
+            "--skip-llm=true",
         ]  # fmt: skip
     )
     assert rc == 0

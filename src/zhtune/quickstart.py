@@ -9,7 +9,10 @@ Stages, each its own run directory under ``--out``, all on the same train/dev/te
 3. ``finetune/``: that model fine-tuned for classification (:mod:`zhtune.finetune`);
 4. ``scratch/``: the control: the same architecture and fine-tuning from random weights;
 5. ``compare/``: every model scored on the same test rows by ``zhtune compare``
-   (calibration, robustness, ``compare/report.html``).
+   (calibration, robustness, ``compare/report.html``);
+6. ``llm/``: a tiny Qwen2 causal LM pretrained on the training split, then LoRA with a
+   classifier head, LoRA by label scoring, and zero-shot label scoring
+   (:func:`zhtune.llm.run_llm_branch`; ``--skip-llm true`` leaves it out).
 
 ``summary.md`` / ``summary.json`` hold one row per model (accuracy, macro-F1, train time,
 model size, texts/s) and ``report.html`` shows that table with every run's figures.
@@ -60,6 +63,12 @@ class QuickstartConfig(DataConfig):
     skip_finetune: bool = arg(False, "skip fine-tuning the pretrained model")
     skip_scratch: bool = arg(False, "skip the control: fine-tuning from random weights")
     skip_compare: bool = arg(False, "skip zhtune compare (calibration, robustness, its report)")
+    skip_llm: bool = arg(
+        False, "skip the LLM branch (tiny causal LM: LoRA head, LoRA scoring, zero-shot)"
+    )
+    llm_pretrain_minutes: float = arg(3.0, "LLM branch: causal-LM pretraining budget in minutes")
+    llm_pretrain_max_steps: int = arg(600, "LLM branch: causal-LM pretraining steps at most")
+    llm_train_samples: int | None = arg(2000, "LLM branch: LoRA training rows (None = all)")
     # model (pretraining and the scratch control share it)
     hidden_size: int = arg(128, "hidden size of the tiny RoBERTa")
     num_hidden_layers: int = arg(2, "transformer layers")
@@ -238,6 +247,24 @@ def run_quickstart(cfg: QuickstartConfig, out: str | Path) -> list[dict]:
         )
         rows.append({**m, "run": "scratch"})
         runs["fine-tuned from scratch"] = out / "scratch"
+
+    if not cfg.skip_llm:
+        from zhtune.llm import run_llm_branch
+
+        log.info(
+            "quickstart stage: LLM branch (tiny causal LM, LoRA head, LoRA scoring, zero-shot)"
+        )
+        llm_rows = run_llm_branch(
+            DataConfig(**cfg.data_fields()),
+            out / "llm",
+            pretrain_minutes=cfg.llm_pretrain_minutes,
+            pretrain_max_steps=cfg.llm_pretrain_max_steps,
+            max_train_samples=cfg.llm_train_samples,
+            max_eval_samples=None,  # the same dev/test rows as every other model
+        )
+        for r in llm_rows:
+            rows.append({**r, "run": "llm/" + str(r["model"]).split(":")[0]})
+        gc.collect()
 
     if not rows:
         raise ZhtuneError("quickstart: every stage is skipped; nothing to do")
