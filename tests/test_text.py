@@ -4,7 +4,11 @@ from zhtune.text import builtin_vocab_path, load_tokenizer, word_ids, word_start
 def test_builtin_tokenizer_uses_the_chinese_bert_vocab():
     tok = load_tokenizer()
     assert len(tok) == 21128
-    assert builtin_vocab_path().read_text(encoding="utf-8").splitlines()[2770] == "我"
+    lines = builtin_vocab_path().read_text(encoding="utf-8").rstrip("\n").split("\n")
+    assert len(lines) == 21128 and lines[2769] == "我"
+    # the ids of bert-base-chinese / hfl checkpoints, also past the U+2028 entries
+    assert tok.convert_tokens_to_ids(["我", "[MASK]", "##😂"]) == [2769, 103, lines.index("##😂")]
+    assert max(tok.get_vocab().values()) == 21127
     enc = tok("我喜欢NLP")
     assert enc["input_ids"][0] == tok.cls_token_id and enc["input_ids"][-1] == tok.sep_token_id
     assert tok.convert_ids_to_tokens(enc["input_ids"])[1:4] == ["我", "喜", "欢"]

@@ -200,9 +200,9 @@ def vocab_rows(tokenizer: Any) -> int:
 def _fit_vocab(model: Any, tokenizer: Any):
     """Add embedding rows when the tokenizer's largest id is beyond the model's vocabulary.
 
-    The built-in vocabulary read with ``str.splitlines`` splits its two U+2028 entries, so
-    its ids run to 21,129 while ``len(tokenizer)`` is 21,128; a model sized by ``len`` would
-    fail with an IndexError on the last two tokens (``##😂``, ``##🔥``)."""
+    A tokenizer whose ids run past its ``len`` (e.g. one saved by an older zhtune, which read
+    the vocabulary's two U+2028 entries as line breaks) would otherwise fail with an
+    IndexError on its last tokens."""
     rows = model.get_input_embeddings().num_embeddings
     need = vocab_rows(tokenizer)
     if need > rows:

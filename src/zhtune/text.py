@@ -34,7 +34,8 @@ def load_tokenizer(path: str | None = None):
 def _builtin_tokenizer():
     from transformers import BertTokenizerFast
 
-    lines = builtin_vocab_path().read_text(encoding="utf-8").splitlines()
+    # split on "\n" only: str.splitlines() also splits on U+2028, which is itself a vocab entry
+    lines = builtin_vocab_path().read_text(encoding="utf-8").rstrip("\n").split("\n")
     vocab = {tok: i for i, tok in enumerate(lines)}
     return BertTokenizerFast(
         vocab=vocab, do_lower_case=True, tokenize_chinese_chars=True, model_max_length=512
