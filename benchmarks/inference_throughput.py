@@ -74,8 +74,8 @@ def main() -> int:
 
     from zhtune.classifier import Classifier
     from zhtune.data import DataConfig, load_splits
-    from zhtune.export import run_export
-    from zhtune.inference import set_threads
+    from zhtune.device import set_threads
+    from zhtune.serving.export import run_export
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()

@@ -14,11 +14,11 @@ its own subprocess so that its peak resident memory is its own:
 decoder layer (QLoRA: each layer's linear weights are quantized to NF4 right away, as
 ``from_pretrained(quantization_config=...)`` does while loading). ``--init checkpoint``: the
 model is saved once (bf16 safetensors) and each child loads it with zhtune's loader
-(``zhtune.llm_models.load_base``); the safetensors file is memory-mapped while loading and
+(``zhtune.llm.models.load_base``); the safetensors file is memory-mapped while loading and
 its pages count in the resident set until the load ends.
 
 Every child first fixes glibc's mmap threshold at 128 KiB, as zhtune's loader does for QLoRA
-on CPU (``zhtune.llm_models.limit_heap_fragmentation``), so all three setups run with the same
+on CPU (``zhtune.llm.models.limit_heap_fragmentation``), so all three setups run with the same
 allocator settings; ``--malloc default`` keeps glibc's dynamic threshold, under which
 bitsandbytes' per-call fp32 dequantization temporaries fragment the heap and QLoRA's peak
 grows by up to ~1 GiB.
@@ -151,12 +151,12 @@ def train(setup: str, ns: argparse.Namespace, model_dir: Path | None) -> None:
 
     import torch
 
-    from zhtune.inference import set_threads
-    from zhtune.llm_models import add_lora, load_base, load_llm_tokenizer
+    from zhtune.device import set_threads
+    from zhtune.llm.models import add_lora, load_base, load_llm_tokenizer
 
     set_threads()
     if ns.malloc == "zhtune":  # what zhtune's LLM loader does on CPU, in every setup
-        from zhtune.llm_models import limit_heap_fragmentation
+        from zhtune.llm.models import limit_heap_fragmentation
 
         limit_heap_fragmentation()
     steps, batch, seq, ckpt = ns.steps, ns.batch_size, ns.seq_len, ns.gradient_checkpointing
@@ -237,7 +237,7 @@ def main() -> None:
         "--malloc",
         choices=("zhtune", "default"),
         default="zhtune",
-        help="zhtune: glibc mmap threshold 128 KiB in every setup (zhtune.llm_models."
+        help="zhtune: glibc mmap threshold 128 KiB in every setup (zhtune.llm.models."
         "limit_heap_fragmentation); default: glibc's dynamic threshold",
     )
     p.add_argument("--_child", nargs="+", help=argparse.SUPPRESS)

@@ -6,7 +6,7 @@ batch size:
 - baseline: ``RobertaForMaskedLM`` (vocabulary projection at every position), examples
   padded to ``max_seq_length`` (``padding="max_length"``), ``DataCollatorForLanguageModeling``
   (token masking), fp32, AdamW + gradient clipping;
-- zhtune: ``zhtune.pretrain.train_step`` (vocabulary projection only at the masked
+- zhtune: ``zhtune.pretrain.loop.train_step`` (vocabulary projection only at the masked
   positions), whole-word masking, padding per batch, batches grouped by length, the cached
   tokenized corpus; in fp32 and, where the CPU supports it, bf16 autocast.
 
@@ -31,7 +31,8 @@ import numpy as np
 import torch
 
 from zhtune.config import load_config
-from zhtune.pretrain import (
+from zhtune.pretrain.corpus import batch_order, load_corpus
+from zhtune.pretrain.loop import (
     PretrainConfig,
     autocast_context,
     bf16_supported,
@@ -41,7 +42,6 @@ from zhtune.pretrain import (
     param_counts,
     train_step,
 )
-from zhtune.pretrain_data import batch_order, load_corpus
 from zhtune.text import load_tokenizer
 
 

@@ -26,7 +26,7 @@ import torch
 from conftest import labelled_rows, write_csv
 from zhtune.cli import main
 from zhtune.text import load_tokenizer
-from zhtune.training import read_history
+from zhtune.training.trainer import read_history
 
 TOL = 1e-4
 COMMON = {

@@ -12,9 +12,9 @@ import torch
 from conftest import labelled_rows, write_csv
 from zhtune import Classifier
 from zhtune.cli import main
-from zhtune.finetune import FinetuneConfig, run_finetune
+from zhtune.finetune.encoder import FinetuneConfig, run_finetune
 from zhtune.text import load_tokenizer
-from zhtune.training import read_history, run_trainer, tokenize_split
+from zhtune.training.trainer import read_history, run_trainer, tokenize_split
 
 # tiny but learns the fixture data in a few dozen steps
 FAST = {
@@ -211,8 +211,8 @@ def test_early_stopping_stops(tmp_path, sentiment_csv):
 def test_resume_continues_at_the_right_step(tmp_path, sentiment_csv):
     from transformers import TrainerCallback
 
-    from zhtune.finetune import build_model, load_tokenizer_for
-    from zhtune.training import find_checkpoint
+    from zhtune.finetune.encoder import build_model, load_tokenizer_for
+    from zhtune.training.trainer import find_checkpoint
 
     class Interrupt(TrainerCallback):
         def on_step_end(self, args, state, control, **kw):

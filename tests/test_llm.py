@@ -8,14 +8,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from zhtune.llm_models import (
+from zhtune.llm.models import (
     ScoringModel,
     TrainableState,
     add_lora,
     load_base,
     load_llm_tokenizer,
 )
-from zhtune.llm_scoring import (
+from zhtune.llm.scoring import (
     DEFAULT_TEMPLATE,
     IGNORE,
     LabelScorer,

@@ -16,8 +16,8 @@ from test_llm import TEXTS, tiny_qwen2_dir
 from zhtune import Classifier
 from zhtune.cli import main
 from zhtune.config import load_config
-from zhtune.llm import LlmConfig, build_model, save_run
-from zhtune.llm_models import HeadBackend, load_llm_tokenizer, load_tuned, scorer_from_manifest
+from zhtune.llm.lora import LlmConfig, build_model, save_run
+from zhtune.llm.models import HeadBackend, load_llm_tokenizer, load_tuned, scorer_from_manifest
 from zhtune.runs import read_manifest
 
 FAST = {
@@ -112,7 +112,7 @@ def test_zero_shot_run_matches_direct_scoring(runs):
     clf = Classifier.load(out)
     probs = clf.predict_proba(TEXTS)
     tok = load_llm_tokenizer(str(runs["base"]))
-    from zhtune.llm_models import load_base
+    from zhtune.llm.models import load_base
 
     lm = load_base(str(runs["base"]), "scoring", tok)
     scores = scorer_from_manifest(tok, m).predict_scores(lm, TEXTS)
@@ -190,7 +190,7 @@ def test_resume_continues_at_the_right_step(runs, tmp_path):
     from transformers import TrainerCallback
 
     from zhtune.data import load_splits
-    from zhtune.training import find_checkpoint, run_trainer
+    from zhtune.training.trainer import find_checkpoint, run_trainer
 
     class Interrupt(TrainerCallback):
         def on_step_end(self, args, state, control, **kw):
@@ -266,7 +266,7 @@ def test_presets_parse():
 @pytest.mark.slow
 def test_llm_branch_for_the_quickstart(runs, tmp_path):
     from zhtune.data import DataConfig
-    from zhtune.llm import run_llm_branch
+    from zhtune.llm.lora import run_llm_branch
 
     data = DataConfig(train=str(runs["train"]))
     rows = run_llm_branch(data, tmp_path / "llm", pretrain_minutes=0.5, pretrain_max_steps=3,

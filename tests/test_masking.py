@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from zhtune.masking import IGNORE, WholeWordMaskCollator, encode_words, mask_whole_words
+from zhtune.pretrain.masking import IGNORE, WholeWordMaskCollator, encode_words, mask_whole_words
 from zhtune.text import load_tokenizer
 
 TEXT = "我们喜欢自然语言处理，北京大学的研究很有意思。"

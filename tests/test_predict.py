@@ -13,7 +13,7 @@ from conftest import NEG, POS, tiny_encoder, write_csv, write_jsonl
 from zhtune.classifier import Classifier
 from zhtune.cli import main
 from zhtune.errors import DataError
-from zhtune.predict import DEMO_TEXTS, interactive, iter_texts
+from zhtune.serving.predict import DEMO_TEXTS, interactive, iter_texts
 
 LABELS = ["negative", "positive"]
 TEXTS = POS[:5] + NEG[:5] + ["好", "这是一段比较长的评论，" * 8]
@@ -123,7 +123,7 @@ def test_predict_file_streams_to_jsonl(fmt: str, encoder_dir: Path, tmp_path: Pa
 
 
 def test_predict_file_chunks(encoder_dir: Path, tmp_path: Path, monkeypatch) -> None:
-    import zhtune.predict as predict
+    import zhtune.serving.predict as predict
 
     monkeypatch.setattr(predict, "CHUNK", 4)  # several chunks on a small file
     src = tmp_path / "in.txt"

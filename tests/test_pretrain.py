@@ -12,10 +12,10 @@ import torch
 
 from zhtune.config import load_config
 from zhtune.errors import ConfigError
-from zhtune.pretrain import PretrainConfig, predict_targets, run_pretrain
-from zhtune.pretrain_ckpt import list_checkpoints
-from zhtune.pretrain_data import build_chunks, chunk_spans, load_corpus
+from zhtune.pretrain.corpus import build_chunks, chunk_spans, load_corpus
+from zhtune.pretrain.loop import PretrainConfig, predict_targets, run_pretrain
 from zhtune.text import load_tokenizer
+from zhtune.training.checkpoints import list_checkpoints
 
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = [
@@ -264,7 +264,7 @@ def test_cli_end_to_end(corpus, tmp_path, capsys):
 
 
 def test_time_budget_decays_the_learning_rate_and_stops(corpus, tmp_path):
-    from zhtune.pretrain import _schedule
+    from zhtune.pretrain.loop import _schedule
 
     clock = {"seconds": 0.0}
     f = _schedule(warmup=2, total=100, budget_seconds=60, clock=clock)

@@ -207,7 +207,7 @@ PRETRAIN_INPROC = {
 def test_pretrain_interrupted_save_is_never_picked(tmp_path, monkeypatch, caplog) -> None:
     """pretrain writes ``.tmp-step-N-PID/`` and renames it to ``step-N``: an interrupt in the
     middle of a save leaves only the temporary directory, and resume auto takes step 4."""
-    import zhtune.pretrain_ckpt as ckpt
+    import zhtune.training.checkpoints as ckpt
 
     corpus = corpus_txt(tmp_path / "corpus.txt", n=80)
     args = ["-q", "pretrain", "--text-files", str(corpus), *_flags(PRETRAIN_INPROC)]
@@ -401,14 +401,14 @@ def test_full_disk_fails_in_one_line_and_leaves_no_usable_checkpoint(models, tmp
     left = sorted(p.name for p in (out / "checkpoints").iterdir())
     assert left, "expected the partial checkpoint to be left behind"
     if command == "pretrain":
-        from zhtune.pretrain_ckpt import latest_checkpoint
+        from zhtune.training.checkpoints import latest_checkpoint
 
         assert (
             all(n.startswith(".tmp-step-") for n in left)
             and latest_checkpoint(out / "checkpoints") is None
         )
     else:
-        from zhtune.training import find_checkpoint
+        from zhtune.training.trainer import find_checkpoint
 
         assert find_checkpoint(out / "checkpoints") is None
     res = run_zhtune(*args, "--out", str(out))

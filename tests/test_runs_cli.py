@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from conftest import labelled_rows, write_csv
-from zhtune import runs_cli, tracking
 from zhtune.cli import main
 from zhtune.runs import write_json
+from zhtune.training import runs_cli, tracking
 
 
 def fake_run(d: Path, kind: str | None, status: dict | None, ckpt: bool = False) -> Path:
@@ -91,7 +91,7 @@ def stopped_runs(tmp_path_factory):
     """Real finetune runs stopped by an exception (step 1) and by Ctrl-C (after a checkpoint)."""
     from transformers import TrainerCallback
 
-    from zhtune.finetune import FinetuneConfig, run_finetune
+    from zhtune.finetune.encoder import FinetuneConfig, run_finetune
 
     root = tmp_path_factory.mktemp("stopped")
     train = write_csv(root / "train.csv", labelled_rows(2))

@@ -134,7 +134,7 @@ def test_health_and_classify(server: Server) -> None:
 def test_health_is_503_before_the_model_is_loaded(tmp_path: Path) -> None:
     from starlette.testclient import TestClient
 
-    from zhtune.serve import ServeSettings, create_app
+    from zhtune.serving.server import ServeSettings, create_app
 
     app = create_app(ServeSettings(model=str(tmp_path / "not-loaded-yet")))
     client = TestClient(app)  # no lifespan: nothing starts loading
@@ -324,7 +324,7 @@ def test_api_key_queue_full_and_graceful_shutdown(servers: dict[str, Server]) ->
 def test_security_defaults() -> None:
     import argparse
 
-    from zhtune.serve import ServeSettings, add_arguments
+    from zhtune.serving.server import ServeSettings, add_arguments
 
     p = argparse.ArgumentParser()
     add_arguments(p)

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from conftest import labelled_rows, write_csv
-from zhtune import tracking
 from zhtune.cli import main
+from zhtune.training import tracking
 
 # a randomly initialised tiny RoBERTa (hidden 32, 2 layers): 4 steps, a dev evaluation every 2
 TINY = {
@@ -84,7 +84,7 @@ def test_mlflow_params_metrics_figures(tmp_path, monkeypatch):
 
 def test_pretrain_writes_tensorboard_events(tmp_path):
     from test_pretrain import make_texts, tiny
-    from zhtune.pretrain import run_pretrain
+    from zhtune.pretrain.loop import run_pretrain
 
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n".join(make_texts(30)) + "\n", encoding="utf-8")
@@ -98,8 +98,8 @@ def test_pretrain_writes_tensorboard_events(tmp_path):
 
 def test_report_to_choices_and_single_process_guard(monkeypatch, tmp_path):
     from zhtune.errors import ConfigError, ZhtuneError
-    from zhtune.finetune import FinetuneConfig
-    from zhtune.training import build_training_args
+    from zhtune.finetune.encoder import FinetuneConfig
+    from zhtune.training.trainer import build_training_args
 
     with pytest.raises(ConfigError, match="report_to"):
         FinetuneConfig(train="x.csv", model="none", report_to="wandb")

@@ -1,4 +1,4 @@
-"""zhtune.training: losses, class weights, metrics, intervals, checkpoints, config errors."""
+"""zhtune.training.trainer: losses, class weights, metrics, intervals, checkpoints, config errors."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from zhtune.errors import ConfigError, ZhtuneError
-from zhtune.training import (
+from zhtune.training.trainer import (
     TrainingConfig,
     class_weight_tensor,
     eval_interval,
@@ -149,7 +149,7 @@ def test_find_checkpoint_skips_half_written(tmp_path):
 
 
 def test_fresh_start_removes_old_checkpoints(tmp_path):
-    from zhtune.training import _remove_stale_checkpoints
+    from zhtune.training.trainer import _remove_stale_checkpoints
 
     _ckpt(tmp_path, 5)
     _ckpt(tmp_path, 6, complete=False)

@@ -14,7 +14,7 @@ from conftest import labelled_rows, write_csv
 from zhtune import tune
 from zhtune.cli import main
 from zhtune.errors import ConfigError
-from zhtune.finetune import FinetuneConfig
+from zhtune.finetune.encoder import FinetuneConfig
 
 FIELDS = {f for f in FinetuneConfig.__dataclass_fields__}
 SPACE = "learning_rate=1e-3:1e-2:log,batch_size=4|8,dropout=0.0:0.2"

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from zhtune.errors import ModelLoadError, ZhtuneError
+from zhtune.probs import apply_temperature
 from zhtune.runs import read_manifest
 
 
@@ -31,10 +32,10 @@ class Backend(Protocol):
 # Imported only when a model of that kind is loaded (torch is not needed for the baseline).
 KIND_MODULES: dict[str, str] = {
     "baseline": "zhtune.baseline",
-    "encoder": "zhtune.inference",
-    "lora-head": "zhtune.llm",
-    "scoring": "zhtune.llm",
-    "onnx": "zhtune.export",
+    "encoder": "zhtune.serving.encoder",
+    "lora-head": "zhtune.llm.lora",
+    "scoring": "zhtune.llm.lora",
+    "onnx": "zhtune.serving.export",
 }
 
 
@@ -130,12 +131,7 @@ class Classifier:
         probs = np.asarray(
             self.backend.predict_proba(list(texts), batch_size=batch_size), dtype=np.float64
         )
-        if self.temperature != 1.0:
-            logits = np.log(np.clip(probs, 1e-12, 1.0)) / self.temperature
-            logits -= logits.max(axis=1, keepdims=True)
-            probs = np.exp(logits)
-            probs /= probs.sum(axis=1, keepdims=True)
-        return probs
+        return apply_temperature(probs, self.temperature)
 
     def format(self, probs: np.ndarray) -> list[dict]:
         labels = self.labels

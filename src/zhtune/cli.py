@@ -117,23 +117,32 @@ COMMANDS["data"] = (
 # Each module defines ``add_arguments(parser)`` and ``run_cli(namespace) -> int``; a command
 # appears once its module exists.
 MODULE_COMMANDS: dict[str, tuple[str, str]] = {
-    "predict": ("zhtune.predict", "predict labels with any saved model (baseline, encoder, ...)"),
+    "predict": (
+        "zhtune.serving.predict",
+        "predict labels with any saved model (baseline, encoder, ...)",
+    ),
     "pretrain": (
-        "zhtune.pretrain",
+        "zhtune.pretrain.loop",
         "pretrain a RoBERTa (MLM + whole-word masking) or a tiny causal LM",
     ),
-    "finetune": ("zhtune.finetune", "fine-tune an encoder (BERT/RoBERTa) for classification"),
+    "finetune": (
+        "zhtune.finetune.encoder",
+        "fine-tune an encoder (BERT/RoBERTa) for classification",
+    ),
     "lora": (
-        "zhtune.llm",
+        "zhtune.llm.lora",
         "LoRA/QLoRA fine-tuning of a decoder LLM: classifier head or label scoring",
     ),
-    "zero-shot": ("zhtune.zeroshot", "zero-shot label scoring with a causal LM (no training)"),
-    "merge": ("zhtune.merge", "merge a LoRA adapter into its base model"),
+    "zero-shot": ("zhtune.llm.zeroshot", "zero-shot label scoring with a causal LM (no training)"),
+    "merge": ("zhtune.llm.merge", "merge a LoRA adapter into its base model"),
     "evaluate": ("zhtune.evaluation.evaluate", "metrics, calibration and robustness of any model"),
     "compare": ("zhtune.evaluation.compare", "score several models on the same rows; HTML report"),
-    "export": ("zhtune.export", "export a model to ONNX (optionally int8) and check parity"),
-    "serve": ("zhtune.serve", "HTTP API and web page for a model (FastAPI + uvicorn)"),
-    "runs": ("zhtune.runs_cli", "list the runs in a directory"),
+    "export": (
+        "zhtune.serving.export",
+        "export a model to ONNX (optionally int8) and check parity",
+    ),
+    "serve": ("zhtune.serving.server", "HTTP API and web page for a model (FastAPI + uvicorn)"),
+    "runs": ("zhtune.training.runs_cli", "list the runs in a directory"),
     "tune": ("zhtune.tune", "hyperparameter search with Optuna"),
 }
 

@@ -4,15 +4,15 @@ Stages, each its own run directory under ``--out``, all on the same train/dev/te
 
 1. ``baseline/``: TF-IDF (character 1-3 grams) + logistic regression;
 2. ``pretrain/``: a tiny Chinese RoBERTa, masked-LM with whole-word masking
-   (:mod:`zhtune.pretrain`) on the texts of the *training split only* (no dev/test text,
+   (:mod:`zhtune.pretrain.loop`) on the texts of the *training split only* (no dev/test text,
    so the comparison with the baseline stays fair), plus optional extra built-in corpora;
-3. ``finetune/``: that model fine-tuned for classification (:mod:`zhtune.finetune`);
+3. ``finetune/``: that model fine-tuned for classification (:mod:`zhtune.finetune.encoder`);
 4. ``scratch/``: the control: the same architecture and fine-tuning from random weights;
 5. ``compare/``: every model scored on the same test rows by ``zhtune compare``
    (calibration, robustness, ``compare/report.html``);
 6. ``llm/``: a tiny Qwen2 causal LM pretrained on the training split, then LoRA with a
    classifier head, LoRA by label scoring, and zero-shot label scoring
-   (:func:`zhtune.llm.run_llm_branch`; ``--skip-llm true`` leaves it out).
+   (:func:`zhtune.llm.lora.run_llm_branch`; ``--skip-llm true`` leaves it out).
 
 ``summary.md`` / ``summary.json`` hold one row per model (accuracy, macro-F1, train time,
 model size, texts/s) and ``report.html`` shows that table with every run's figures.
@@ -122,7 +122,7 @@ class QuickstartConfig(DataConfig):
 def _bf16_ok() -> bool:
     import torch
 
-    from zhtune.pretrain import bf16_supported
+    from zhtune.device import bf16_supported
 
     return bf16_supported(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
 
@@ -144,7 +144,7 @@ def write_corpus(texts: list[str], path: Path) -> Path:
 
 
 def run_pretrain_stage(cfg: QuickstartConfig, splits, out: Path) -> dict:
-    from zhtune.pretrain import PretrainConfig, run_pretrain
+    from zhtune.pretrain.loop import PretrainConfig, run_pretrain
 
     out.mkdir(parents=True, exist_ok=True)
     corpus = write_corpus(splits.train.texts, out / "corpus-train-split.txt")
@@ -174,7 +174,7 @@ def run_pretrain_stage(cfg: QuickstartConfig, splits, out: Path) -> dict:
 
 
 def run_finetune_stage(cfg: QuickstartConfig, model: str, out: Path, lr: float, name: str) -> dict:
-    from zhtune.finetune import FinetuneConfig, run_finetune
+    from zhtune.finetune.encoder import FinetuneConfig, run_finetune
 
     fcfg = FinetuneConfig(
         **cfg.data_fields(),
@@ -249,7 +249,7 @@ def run_quickstart(cfg: QuickstartConfig, out: str | Path) -> list[dict]:
         runs["fine-tuned from scratch"] = out / "scratch"
 
     if not cfg.skip_llm:
-        from zhtune.llm import run_llm_branch
+        from zhtune.llm.lora import run_llm_branch
 
         log.info(
             "quickstart stage: LLM branch (tiny causal LM, LoRA head, LoRA scoring, zero-shot)"

@@ -12,13 +12,16 @@ Every command that produces a model writes one directory holding:
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 from zhtune import __version__
-from zhtune.errors import ZhtuneError
+from zhtune.errors import ModelLoadError, ZhtuneError
+
+log = logging.getLogger("zhtune")
 
 MANIFEST = "zhtune.json"
 
@@ -79,3 +82,46 @@ def prediction_rows(texts: list[str], gold: list[str] | None, preds: list[dict])
             row["gold"] = gold[i]
         row.update(p)
         yield row
+
+
+# --- model directories: weights from safetensors only ----------------------------------
+def check_safetensors(path: Path, allow_pickle: bool = False) -> None:
+    """Refuse a local model directory whose weights are not safetensors, or whose safetensors
+    files are truncated or have a corrupt header (a clear error instead of a Rust one)."""
+    if not path.is_dir():
+        return
+    found = sorted(path.glob("*.safetensors"))
+    if found:
+        for f in found:
+            check_safetensors_file(f)
+        return
+    pickled = sorted(p.name for p in path.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+    if pickled and not allow_pickle:
+        raise ModelLoadError(
+            f"{path}: weights are only in pickle files ({', '.join(pickled)}); zhtune loads "
+            "safetensors only. Convert them, or pass --allow-pickle if you trust the source."
+        )
+    if not pickled:
+        raise ModelLoadError(f"{path}: no model weights (*.safetensors) found")
+    log.warning(
+        "%s: loading pickle weights (%s) because of --allow-pickle; only do this for files "
+        "you trust (torch.load runs with weights_only=True)",
+        path,
+        ", ".join(pickled),
+    )
+
+
+def check_safetensors_file(f: Path) -> None:
+    """The header parses and its tensors cover the file exactly (truncation, corrupt header).
+
+    Flipped bits inside the tensor data cannot be detected: safetensors has no checksum."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(f), framework="np"):
+            pass
+    except (SafetensorError, OSError) as e:
+        raise ModelLoadError(
+            f"{f}: not a valid safetensors file (truncated or corrupt: {e}); "
+            "copy or download the model again"
+        ) from None

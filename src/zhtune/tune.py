@@ -156,7 +156,7 @@ def recover_stale_trials(study: Any, storage: Any) -> int:
     parameters again. Running trials of live processes (parallel workers) are left alone."""
     from optuna.trial import TrialState
 
-    from zhtune.tracking import is_alive
+    from zhtune.training.tracking import is_alive
 
     n = 0
     study_id = storage.get_study_id_from_name(study.study_name)
@@ -311,9 +311,9 @@ def run_tune(
     """Run (or resume) the search until ``n_trials`` trials are complete or pruned."""
     import optuna
 
-    from zhtune.finetune import run_finetune
+    from zhtune.finetune.encoder import run_finetune
     from zhtune.runs import prepare_out_dir, write_json
-    from zhtune.tracking import extra_callbacks
+    from zhtune.training.tracking import extra_callbacks
 
     out = prepare_out_dir(out)
     dims = parse_space(space, set(field_types(type(base))))
@@ -382,7 +382,7 @@ def write_outputs(study: Any, base: Any, metric: str, out: Path) -> None:
 
 # --- CLI ---------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from zhtune.finetune import FinetuneConfig
+    from zhtune.finetune.encoder import FinetuneConfig
 
     parser.add_argument("--out", required=True, help="search directory (study.db, trials/, ...)")
     parser.add_argument(
@@ -408,7 +408,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_cli(ns: argparse.Namespace) -> int:
     from zhtune.evaluation.metrics import format_table
-    from zhtune.finetune import FinetuneConfig
+    from zhtune.finetune.encoder import FinetuneConfig
 
     if ns.n_trials < 1:
         raise ZhtuneError(f"--n-trials must be >= 1, got {ns.n_trials}")

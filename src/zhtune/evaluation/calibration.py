@@ -10,6 +10,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from zhtune.probs import apply_temperature, log_probs  # noqa: F401  (apply_temperature: re-exported)
+
 N_BINS = 15
 T_MIN, T_MAX = 0.05, 20.0
 
@@ -56,18 +58,6 @@ def expected_calibration_error(probs: np.ndarray, y: Sequence[int], n_bins: int 
     )
 
 
-def _logits(probs: np.ndarray) -> np.ndarray:
-    return np.log(np.clip(np.asarray(probs, dtype=np.float64), 1e-12, 1.0))
-
-
-def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
-    """softmax(log(probs) / T): the same transform ``Classifier(calibrated=True)`` applies."""
-    z = _logits(probs) / temperature
-    z -= z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
 def nll(probs: np.ndarray, y: Sequence[int]) -> float:
     """Mean negative log-likelihood of the gold labels."""
     p = np.clip(np.asarray(probs)[np.arange(len(y)), np.asarray(y)], 1e-12, 1.0)
@@ -80,7 +70,7 @@ def fit_temperature(probs: np.ndarray, y: Sequence[int]) -> float:
     L-BFGS-B on log T with the analytic gradient, T bounded to [0.05, 20]."""
     from scipy.optimize import minimize
 
-    logits = _logits(probs)
+    logits = log_probs(probs)
     y = np.asarray(y)
     if not len(y):
         return 1.0

@@ -147,7 +147,7 @@ def _blocks(path: str, text_column: str, bad: Any, fmt: str) -> tuple[list[Any],
     """The validated (line, text) rows of ``path`` as Arrow tables of ``BLOCK_ROWS`` rows."""
     import pyarrow as pa
 
-    from zhtune.predict import iter_texts
+    from zhtune.serving.predict import iter_texts
 
     tables, lines, texts, n = [], [], [], 0
     for no, text in iter_texts(path, text_column, bad, fmt):
@@ -177,7 +177,7 @@ def predict_file_ray(
     gpus_per_actor: float = 0.0,
     **load_kw: Any,
 ) -> int:
-    """Like :func:`zhtune.predict.predict_file` (same rows, order and JSONL) on Ray actors.
+    """Like :func:`zhtune.serving.predict.predict_file` (same rows, order and JSONL) on Ray actors.
     Needs ``ray.init`` first. Returns the number of predictions written."""
     import ray
 
@@ -227,7 +227,7 @@ def predict_file_ray(
 def run_ray_cli(ns: argparse.Namespace) -> int:
     """``zhtune predict --engine ray``: connect/start Ray, predict ``--file``, write ``--out``."""
     from zhtune.data.readers import BadRows
-    from zhtune.predict import check_file
+    from zhtune.serving.predict import check_file
 
     if not ns.file:
         raise ZhtuneError("--engine ray predicts a --file (use --engine local for --text)")

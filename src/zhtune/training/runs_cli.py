@@ -3,7 +3,7 @@
 A run directory is one with ``zhtune.json``, ``status.json`` or a ``config.yaml`` next to
 ``history.jsonl`` / ``checkpoints/``; directories that hold runs (a quickstart, a tune
 search) are searched too. Status comes from ``status.json`` (written by the training
-commands, see :mod:`zhtune.tracking`) and the files present:
+commands, see :mod:`zhtune.training.tracking`) and the files present:
 
 - ``finished``: the model, ``zhtune.json`` and ``metrics.json`` were written;
 - ``running``: status ``running`` and its process is alive on this host;
@@ -24,7 +24,7 @@ import yaml
 
 from zhtune.errors import ZhtuneError
 from zhtune.runs import MANIFEST
-from zhtune.tracking import STATUS_FILE, is_alive, read_status
+from zhtune.training.tracking import STATUS_FILE, is_alive, read_status
 
 SKIP_DIRS = {"checkpoints", "tensorboard", "mlruns", "__pycache__", "node_modules"}
 COLUMNS = [

@@ -1,20 +1,23 @@
-"""Pretraining checkpoints without pickle: safetensors for tensors, JSON for the rest.
+"""One checkpoint system for every training command.
 
-A checkpoint is ``out/checkpoints/step-00000500/`` holding
+A checkpoint is a directory ``checkpoints/<prefix>-<step>/`` holding model weights
+(safetensors) and a ``trainer_state.json`` that parses; anything else is incomplete (a kill
+while it was written) and is skipped. Two writers use it:
 
-- ``model.safetensors``      the model weights (``safetensors.torch.save_model``),
-- ``optimizer.safetensors``  AdamW's per-parameter tensors (``state.<i>.<name>``),
-- ``rng.safetensors``        random states as uint8 tensors (torch, masking, CUDA),
-- ``optimizer.json``         AdamW's param groups; ``scheduler.json`` the LR scheduler,
-- ``trainer_state.json``     step, data position, history, config (written last).
+- the Hugging Face ``Trainer`` (finetune, lora, distill): ``checkpoint-N/``;
+- the pretraining loop: ``step-00000N/`` written by :func:`save_checkpoint` without pickle --
+  ``model.safetensors``, ``optimizer.safetensors`` (AdamW tensors, ``state.<i>.<name>``),
+  ``rng.safetensors``, ``optimizer.json``, ``scheduler.json`` and ``trainer_state.json``
+  (written last) -- into ``.tmp-step-.../`` and renamed into place.
 
-It is written into ``.tmp-step-.../`` and renamed into place, so a directory named
-``step-*`` is always complete; the newest ``keep`` checkpoints are kept.
+Both are found with :func:`find_checkpoint` and chosen with :func:`resolve_resume`
+(``auto`` | ``none`` | a path); :func:`prune_checkpoints` keeps the newest N.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -22,11 +25,101 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 
-from zhtune.errors import ConfigError, ZhtuneError
+from zhtune.errors import ZhtuneError
+
+log = logging.getLogger("zhtune")
 
 STATE_FILE = "trainer_state.json"
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors")
+PREFIXES = ("checkpoint-", "step-")
 
 
+def _step_of(p: Path) -> int:
+    for prefix in PREFIXES:
+        if p.name.startswith(prefix):
+            try:
+                return int(p.name[len(prefix) :])
+            except ValueError:
+                return -1
+    return -1
+
+
+def is_complete_checkpoint(p: Path) -> bool:
+    """Weights and a ``trainer_state.json`` that parses (a kill while it was written, its
+    last file, leaves it missing or truncated)."""
+    if not any((p / f).is_file() for f in WEIGHT_FILES):
+        return False
+    try:
+        json.loads((p / STATE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def list_checkpoints(root: str | Path) -> list[Path]:
+    """Complete checkpoints, oldest first (half-written ones and ``.tmp-*`` are skipped)."""
+    d = Path(root)
+    if not d.is_dir():
+        return []
+    cands = [p for p in d.iterdir() if p.is_dir() and _step_of(p) >= 0]
+    return [p for p in sorted(cands, key=_step_of) if is_complete_checkpoint(p)]
+
+
+def find_checkpoint(root: str | Path) -> Path | None:
+    """The newest complete checkpoint in ``root``, or None (incomplete ones are logged)."""
+    d = Path(root)
+    if not d.is_dir():
+        return None
+    cands = [p for p in d.iterdir() if p.is_dir() and _step_of(p) >= 0]
+    for p in sorted(cands, key=_step_of, reverse=True):
+        if is_complete_checkpoint(p):
+            return p
+        log.warning("skipping incomplete checkpoint %s", p)
+    return None
+
+
+latest_checkpoint = find_checkpoint
+
+
+def resolve_resume(spec: str | None, root: str | Path) -> Path | None:
+    """``resume_from_checkpoint``: ``none``, ``auto`` (newest complete one in ``root``) or a path."""
+    s = (spec or "none").strip()
+    if s.lower() == "none":
+        return None
+    if s.lower() == "auto":
+        return find_checkpoint(root)
+    p = Path(s)
+    if not p.is_dir():
+        raise ZhtuneError(f"resume_from_checkpoint: {p} is not a directory")
+    if not is_complete_checkpoint(p):
+        raise ZhtuneError(
+            f"resume_from_checkpoint: {p} is not a complete checkpoint "
+            f"(needs {STATE_FILE} and *.safetensors weights); allowed: auto, none or a path "
+            "like OUT/checkpoints/checkpoint-500"
+        )
+    return p
+
+
+def prune_checkpoints(root: str | Path, keep: int) -> None:
+    """Keep the newest ``keep`` complete checkpoints (``keep`` <= 0 keeps all)."""
+    for old in list_checkpoints(root)[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def remove_stale_checkpoints(root: str | Path) -> None:
+    """A fresh start in a used run directory: old checkpoints would mix with the new ones."""
+    d = Path(root)
+    old = sorted(p for p in d.iterdir() if p.is_dir() and _step_of(p) >= 0) if d.is_dir() else []
+    if old:
+        log.warning("starting afresh: removing %d old checkpoint(s) in %s", len(old), d)
+        for p in old:
+            shutil.rmtree(p)
+
+
+_remove_stale_checkpoints = remove_stale_checkpoints  # the name the Trainer plumbing used
+
+
+# --- the pretraining loop's checkpoints (no pickle) ----------------------------------------
 def _optimizer_to_files(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
     sd = opt.state_dict()
     tensors, scalars = {}, {}
@@ -80,27 +173,8 @@ def save_checkpoint(
     if final.exists():  # the same step written again (after a resume): replace it
         shutil.rmtree(final)
     os.replace(tmp, final)
-    for old in list_checkpoints(root)[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+    prune_checkpoints(root, keep)
     return final
-
-
-def list_checkpoints(root: str | Path) -> list[Path]:
-    """Complete checkpoints, oldest first (half-written ``.tmp-*`` directories are skipped)."""
-    root = Path(root)
-    if not root.is_dir():
-        return []
-    found = [
-        p
-        for p in root.iterdir()
-        if p.is_dir() and p.name.startswith("step-") and (p / STATE_FILE).is_file()
-    ]
-    return sorted(found, key=lambda p: int(p.name.split("-", 1)[1]))
-
-
-def latest_checkpoint(root: str | Path) -> Path | None:
-    found = list_checkpoints(root)
-    return found[-1] if found else None
 
 
 def read_state(path: str | Path) -> dict:
@@ -128,21 +202,6 @@ def load_checkpoint(
     )
     scheduler.load_state_dict(json.loads((path / "scheduler.json").read_text(encoding="utf-8")))
     return load_file(str(path / "rng.safetensors")), state
-
-
-def find_checkpoint(value: str, root: str | Path) -> Path | None:
-    """``resume_from_checkpoint``: ``none``, ``auto`` (newest complete one in ``root``) or a path."""
-    if value == "none":
-        return None
-    if value == "auto":
-        return latest_checkpoint(root)
-    path = Path(value)
-    if not (path / STATE_FILE).is_file():
-        raise ConfigError(
-            f"config field 'resume_from_checkpoint': {value} is not a complete checkpoint "
-            "directory; allowed: auto, none or a path like OUT/checkpoints/step-00000500"
-        )
-    return path
 
 
 def check_resumable(path: Path, config: dict, corpus_key: str, fields: tuple[str, ...]) -> None:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from zhtune.errors import ZhtuneError
-from zhtune.serve_batcher import Batcher, Metrics, QueueFull
+from zhtune.serving.batcher import Batcher, Metrics, QueueFull
 
 log = logging.getLogger("zhtune")
 
@@ -441,7 +441,7 @@ def create_app(settings: ServeSettings, classifier=None):
 
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
-    page = (resources.files("zhtune") / "web" / "index.html").read_text(encoding="utf-8")
+    page = (resources.files("zhtune.serving") / "web" / "index.html").read_text(encoding="utf-8")
 
     @app.get(
         "/",

@@ -56,10 +56,11 @@ from typing import Any
 
 import numpy as np
 
-from zhtune import tracking
 from zhtune.config import arg, check, validate_choices
 from zhtune.data import DataConfig, LabelMap, Split
+from zhtune.device import has_gpu, training_precision
 from zhtune.errors import ConfigError, ZhtuneError
+from zhtune.training import tracking
 
 log = logging.getLogger("zhtune")
 
@@ -173,12 +174,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def has_gpu() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def free_memory() -> None:
@@ -331,7 +326,7 @@ def eval_interval(cfg: TrainingConfig, n_train: int) -> int:
 
 
 # --- checkpoints: zhtune/training_ckpt.py -------------------------------------------------
-from zhtune.training_ckpt import (  # noqa: E402,F401  (re-exported: part of this module's API)
+from zhtune.training.checkpoints import (  # noqa: E402,F401  (re-exported: part of this module's API)
     WEIGHT_FILES,
     _remove_stale_checkpoints,
     _step_of,
@@ -391,17 +386,7 @@ class TrainResult:
 
 
 def precision_flags(cfg: TrainingConfig) -> dict[str, bool]:
-    import torch
-
-    gpu = has_gpu()
-    p = cfg.precision
-    if p == "auto":
-        if not gpu:
-            return {"bf16": False, "fp16": False}
-        p = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if p == "fp16" and not gpu:
-        raise ConfigError("config field 'precision': fp16 needs a GPU; use bf16 or fp32 on CPU")
-    return {"bf16": p == "bf16", "fp16": p == "fp16"}
+    return training_precision(cfg.precision)
 
 
 def build_training_args(cfg: TrainingConfig, out: Path, n_train: int):

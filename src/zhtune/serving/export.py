@@ -23,9 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
+from zhtune.device import cpu_threads
 from zhtune.errors import ModelLoadError, ZhtuneError
-from zhtune.inference import cpu_threads, encode_batches, softmax
+from zhtune.probs import softmax
 from zhtune.runs import prepare_out_dir, read_manifest, write_json, write_manifest
+from zhtune.serving.encoder import encode_batches
 
 log = logging.getLogger("zhtune")
 
@@ -214,7 +216,7 @@ def run_export(
     Returns the report also written to ``out/export.json``; raises ZhtuneError when a check
     fails (then ``out`` has no ``zhtune.json``)."""
     from zhtune.classifier import Classifier
-    from zhtune.inference import EncoderBackend
+    from zhtune.serving.encoder import EncoderBackend
 
     def refuse(kind: str) -> ZhtuneError:
         return ZhtuneError(

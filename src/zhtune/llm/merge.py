@@ -48,7 +48,7 @@ def _logits(model, tokenizer, manifest: dict) -> np.ndarray:
     """Head logits (N, C), or label-word class scores (N, C) for scoring models."""
     import torch
 
-    from zhtune.llm_models import HeadBackend, scorer_from_manifest
+    from zhtune.llm.models import HeadBackend, scorer_from_manifest
 
     if manifest["kind"] == "scoring":
         return scorer_from_manifest(tokenizer, manifest).predict_scores(model, PROBES, 8)
@@ -60,7 +60,7 @@ def _logits(model, tokenizer, manifest: dict) -> np.ndarray:
 
 def merge(cfg: MergeConfig, out: str | Path) -> dict:
     """Write the merged model into ``out``; returns its zhtune.json."""
-    from zhtune.llm_models import load_tuned
+    from zhtune.llm.models import load_tuned
 
     src = Path(cfg.model)
     manifest = read_manifest(src) if src.is_dir() else None

@@ -9,101 +9,21 @@ is batched with (up to float rounding, ~1e-7). Rows come back in input order.
 from __future__ import annotations
 
 import logging
-import os
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from zhtune.device import cpu_threads, set_threads  # noqa: F401  (re-exported)
 from zhtune.errors import ModelLoadError
+from zhtune.probs import softmax
+from zhtune.runs import check_safetensors, check_safetensors_file  # noqa: F401  (re-exported)
 
 log = logging.getLogger("zhtune")
 
 # Texts tokenized and length-sorted together; bounds memory for very long input lists.
 SORT_WINDOW = 4096
-
-
-def check_safetensors(path: Path, allow_pickle: bool = False) -> None:
-    """Refuse a local model directory whose weights are not safetensors, or whose safetensors
-    files are truncated or have a corrupt header (a clear error instead of a Rust one)."""
-    if not path.is_dir():
-        return
-    found = sorted(path.glob("*.safetensors"))
-    if found:
-        for f in found:
-            check_safetensors_file(f)
-        return
-    pickled = sorted(p.name for p in path.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
-    if pickled and not allow_pickle:
-        raise ModelLoadError(
-            f"{path}: weights are only in pickle files ({', '.join(pickled)}); zhtune loads "
-            "safetensors only. Convert them, or pass --allow-pickle if you trust the source."
-        )
-    if not pickled:
-        raise ModelLoadError(f"{path}: no model weights (*.safetensors) found")
-    log.warning(
-        "%s: loading pickle weights (%s) because of --allow-pickle; only do this for files "
-        "you trust (torch.load runs with weights_only=True)",
-        path,
-        ", ".join(pickled),
-    )
-
-
-def check_safetensors_file(f: Path) -> None:
-    """The header parses and its tensors cover the file exactly (truncation, corrupt header).
-
-    Flipped bits inside the tensor data cannot be detected: safetensors has no checksum."""
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(f), framework="np"):
-            pass
-    except (SafetensorError, OSError) as e:
-        raise ModelLoadError(
-            f"{f}: not a valid safetensors file (truncated or corrupt: {e}); "
-            "copy or download the model again"
-        ) from None
-
-
-def cpu_threads() -> int:
-    """Intra-op threads for inference: the usable cores less those other processes keep busy
-    (1-minute load average), at least 1. ``ZHTUNE_THREADS`` overrides.
-
-    Intra-op threads meet at a barrier after every operator; when another process holds one
-    of them off its core, the whole batch waits for it. On a busy 2-core machine one thread
-    is ~15x faster than two, so the count follows the free cores rather than all cores."""
-    env = int(os.environ.get("ZHTUNE_THREADS", "0") or 0)
-    if env > 0:
-        return env
-    try:
-        cores = max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    try:
-        busy = int(os.getloadavg()[0] + 0.5)
-    except (AttributeError, OSError):
-        busy = 0
-    return max(1, min(cores, cores - busy))
-
-
-def set_threads(n: int | None = None) -> int:
-    """Set torch's intra-op thread count (default :func:`cpu_threads`); returns it."""
-    import torch
-
-    n = n or cpu_threads()
-    if torch.get_num_threads() != n:
-        torch.set_num_threads(n)
-    log.debug("inference threads: %d", n)
-    return n
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits.astype(np.float64)
-    z -= z.max(axis=1, keepdims=True)
-    np.exp(z, out=z)
-    z /= z.sum(axis=1, keepdims=True)
-    return z
 
 
 def encode_batches(
@@ -199,7 +119,9 @@ class EncoderBackend:
         int8: bool = False,
         **_: object,
     ) -> EncoderBackend:
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoModelForSequenceClassification
+
+        from zhtune.text import load_tokenizer
 
         set_threads()
         local = Path(path)
@@ -216,7 +138,7 @@ class EncoderBackend:
             model, info = AutoModelForSequenceClassification.from_pretrained(
                 str(path), use_safetensors=not allow_pickle, output_loading_info=True
             )
-            tokenizer = AutoTokenizer.from_pretrained(str(path))
+            tokenizer = load_tokenizer(str(path))
         except (OSError, ValueError, KeyError, RuntimeError) as e:
             raise ModelLoadError(f"cannot load {path}: {e}") from None
         finally:

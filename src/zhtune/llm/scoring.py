@@ -263,12 +263,6 @@ class LabelScorer:
         return out
 
 
-def softmax_np(scores: np.ndarray) -> np.ndarray:
-    z = scores - scores.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
 # --- training ------------------------------------------------------------------------------
 class ScoringCollator:
     """Dataset rows ``{"input_ids": prompt ids, "labels": class id}`` -> candidate batch."""

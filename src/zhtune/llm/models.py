@@ -8,7 +8,7 @@ Two ways to classify with a causal LM:
   ``score`` layer trains and is saved with the adapter (``modules_to_save``); with
   ``freeze_base`` only ``score`` trains and is saved as ``head.safetensors``.
 - ``scoring``: the causal LM itself scores label words after a prompt
-  (:mod:`zhtune.llm_scoring`).
+  (:mod:`zhtune.llm.scoring`).
 
 A run directory stores the adapter (``adapter_model.safetensors``, ``adapter_config.json``),
 the tokenizer and ``zhtune.json`` naming the base model; a merged model (``zhtune merge``)
@@ -27,8 +27,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from zhtune.device import compute_dtype
 from zhtune.errors import ConfigError, ModelLoadError
-from zhtune.llm_scoring import IGNORE, LabelScorer, softmax_np
+from zhtune.llm.scoring import IGNORE, LabelScorer
+from zhtune.probs import softmax
+from zhtune.text import tokenizer_for_model
 
 log = logging.getLogger("zhtune")
 # bitsandbytes logs a warning at import on CPUs with AVX512-BF16 when the optional `kernels`
@@ -39,7 +42,6 @@ warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", F
 
 HEAD_FILE = "head.safetensors"
 ADAPTER_FILE = "adapter_model.safetensors"
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
 
 
 # --- loading -------------------------------------------------------------------------------
@@ -83,6 +85,12 @@ def limit_heap_fragmentation() -> bool:
         return False
 
 
+def load_llm_tokenizer(model: str, tokenizer: str | None = None) -> Any:
+    """A decoder's tokenizer (``tokenizer`` if given, else the model's own, else the built-in
+    vocabulary), padding with its end-of-text token when it has no pad token."""
+    return tokenizer_for_model(model, tokenizer, pad=True)
+
+
 def model_ref(model: str) -> str:
     """An absolute path for a local model directory (so a run dir works from anywhere), else
     the hub id as given. Fails fast on a local path that does not exist."""
@@ -94,60 +102,6 @@ def model_ref(model: str) -> str:
     if local.is_absolute() or model.startswith((".", "~")) or model.count("/") > 1:
         raise ModelLoadError(f"{model}: no such model directory")
     return model
-
-
-def load_llm_tokenizer(model: str, tokenizer: str | None = None):
-    """``tokenizer`` if given, else the model's own, else the built-in Chinese BERT vocab.
-
-    A tokenizer without a padding token pads with its end-of-text (or unknown) token."""
-    from zhtune.text import load_tokenizer
-
-    if tokenizer:
-        tok = load_tokenizer(None if tokenizer.lower() in ("builtin", "none") else tokenizer)
-    else:
-        local = Path(model)
-        if local.is_dir() and not any((local / f).is_file() for f in TOKENIZER_FILES):
-            log.warning(
-                "%s has no tokenizer files: using the built-in Chinese BERT vocabulary", model
-            )
-            tok = load_tokenizer(None)
-        else:
-            tok = _declared_tokenizer(local) or load_tokenizer(model)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token or tok.unk_token
-        if tok.pad_token is None:
-            raise ModelLoadError(
-                f"the tokenizer of {model} has no pad, eos or unk token to pad with"
-            )
-    return tok
-
-
-def _declared_tokenizer(path: Path) -> Any | None:
-    """The tokenizer class a local directory declares in ``tokenizer_config.json``.
-
-    ``AutoTokenizer`` in transformers 5 ignores the declared class for some model types
-    (qwen2 among them) and would read the Chinese BERT vocabulary of a ``zhtune pretrain``
-    causal LM as a byte-level Qwen2 tokenizer."""
-    import json
-
-    import transformers
-
-    cfg_file = path / "tokenizer_config.json"
-    if not cfg_file.is_file():
-        return None
-    try:
-        name = json.loads(cfg_file.read_text(encoding="utf-8")).get("tokenizer_class") or ""
-    except ValueError:
-        return None
-    cls = getattr(transformers, name, None) or getattr(
-        transformers, name.removesuffix("Fast"), None
-    )
-    if cls is None or not name.startswith("Bert"):
-        return None
-    try:
-        return cls.from_pretrained(str(path))
-    except (OSError, ValueError) as e:
-        raise ModelLoadError(f"cannot load a tokenizer from {path}: {e}") from None
 
 
 def quantization_config(compute_dtype: torch.dtype):
@@ -168,13 +122,6 @@ def quantization_config(compute_dtype: torch.dtype):
     )
 
 
-def compute_dtype() -> torch.dtype:
-    """fp32 on CPU; bf16 (else fp16) on a GPU."""
-    if torch.cuda.is_available():
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
-
-
 def load_base(
     model: str,
     mode: str,
@@ -186,7 +133,7 @@ def load_base(
     ``AutoModelForCausalLM`` (scoring); fp32 (CPU) or 4-bit NF4 (``qlora``). Safetensors only."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    from zhtune.inference import check_safetensors
+    from zhtune.runs import check_safetensors
 
     local = Path(model)
     check_safetensors(local)
@@ -332,7 +279,7 @@ class HeadOnlyModel(TrainableState):
 class ScoringModel(TrainableState):
     """Training/evaluation view of label scoring for the Trainer.
 
-    Batches come from :class:`zhtune.llm_scoring.ScoringCollator` (B*W candidate rows and B
+    Batches come from :class:`zhtune.llm.scoring.ScoringCollator` (B*W candidate rows and B
     class ids). Training forwards only the gold class's rows: loss
     ``-log sum_{w in gold} P(w | prompt)``, averaged over the B texts (times the class weight,
     if any). Evaluation forwards all rows and returns the class scores as ``logits`` (B, C)
@@ -439,7 +386,7 @@ class HeadBackend:
         self.labels, self.max_length = labels, max_length
 
     def predict_proba(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
-        from zhtune.inference import encode_batches, softmax
+        from zhtune.serving.encoder import encode_batches
 
         out = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
         device = next(self.model.parameters()).device
@@ -462,7 +409,7 @@ class ScoringBackend:
     def predict_proba(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
         # a batch is batch_size texts x W label words; keep the rows per forward bounded
         per = max(1, batch_size // max(1, self.scorer.n_words // 2))
-        return softmax_np(self.scorer.predict_scores(self.model, texts, per))
+        return softmax(self.scorer.predict_scores(self.model, texts, per))
 
 
 def scorer_from_manifest(tokenizer: Any, manifest: dict) -> LabelScorer:
@@ -479,7 +426,7 @@ def scorer_from_manifest(tokenizer: Any, manifest: dict) -> LabelScorer:
 def load_backend(path: Path | str, manifest: dict, **kw: Any) -> HeadBackend | ScoringBackend:
     """Classifier backend for kinds ``lora-head`` and ``scoring`` (``base_model=`` overrides
     the base named in zhtune.json; ``max_length=`` the truncation)."""
-    from zhtune.inference import set_threads
+    from zhtune.device import set_threads
 
     set_threads()
     if kw.get("int8"):

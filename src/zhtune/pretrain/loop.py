@@ -14,7 +14,6 @@ Run directory: model files, ``history.jsonl`` (step, loss, learning rate, tokens
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import math
 import time
@@ -27,8 +26,9 @@ import torch.nn.functional as F
 
 from zhtune.config import arg, check, save_config, to_dict, validate_choices
 from zhtune.data.builtin import BUILTIN
+from zhtune.device import autocast_context, bf16_supported, resolve_device  # noqa: F401
 from zhtune.errors import ZhtuneError
-from zhtune.tracking import REPORT_TO, finish_run, require_single_process, start_logging
+from zhtune.training.tracking import REPORT_TO, finish_run, require_single_process, start_logging
 
 log = logging.getLogger("zhtune")
 
@@ -240,35 +240,11 @@ def predict_targets(model, batch: dict, objective: str) -> tuple[torch.Tensor, t
 
 
 def make_collator(cfg: PretrainConfig, tokenizer, seed: int):
-    from zhtune.masking import CausalCollator, WholeWordMaskCollator
+    from zhtune.pretrain.masking import CausalCollator, WholeWordMaskCollator
 
     if cfg.objective == "mlm":
         return WholeWordMaskCollator(tokenizer, cfg.mask_prob, seed=seed)
     return CausalCollator(tokenizer, seed=seed)
-
-
-def bf16_supported(device: torch.device) -> bool:
-    """Whether bf16 autocast runs (and is fast) on ``device``."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    try:
-        fast = torch.ops.mkldnn._is_mkldnn_bf16_supported()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            torch.ones(2, 2) @ torch.ones(2, 2)
-        return bool(fast)
-    except (RuntimeError, AttributeError):
-        return False
-
-
-def autocast_context(cfg: PretrainConfig, device: torch.device):
-    """A factory of autocast contexts (bf16) or of null contexts (fp32)."""
-    use = cfg.precision == "bf16" or (cfg.precision == "auto" and bf16_supported(device))
-    if cfg.precision == "bf16" and not bf16_supported(device):
-        log.warning("bf16 is not supported on %s; training in fp32", device)
-        use = False
-    if use:
-        return lambda: torch.autocast(device.type, dtype=torch.bfloat16), "bf16"
-    return contextlib.nullcontext, "fp32"
 
 
 def param_counts(model) -> dict[str, int]:
@@ -295,7 +271,7 @@ def param_counts(model) -> dict[str, int]:
 def evaluate(model, chunks, cfg: PretrainConfig, tokenizer, device, autocast) -> dict:
     """Held-out loss, accuracy (argmax == target) and perplexity; masks are seeded, so the
     same chunks are scored the same way every time."""
-    from zhtune.pretrain_data import batch_order
+    from zhtune.pretrain.corpus import batch_order
 
     if len(chunks) == 0:
         return {}
@@ -376,15 +352,15 @@ def run_pretrain(
     the loop ends after that step, right after saving its checkpoint, without final outputs."""
     from tqdm.auto import tqdm
 
-    from zhtune.pretrain_ckpt import (
-        check_resumable,
-        find_checkpoint,
-        load_checkpoint,
-        save_checkpoint,
-    )
-    from zhtune.pretrain_data import batch_order, load_corpus
+    from zhtune.pretrain.corpus import batch_order, load_corpus
     from zhtune.runs import prepare_out_dir, write_json
     from zhtune.text import load_tokenizer
+    from zhtune.training.checkpoints import (
+        check_resumable,
+        load_checkpoint,
+        resolve_resume,
+        save_checkpoint,
+    )
 
     require_single_process("zhtune pretrain")  # no DDP in this loop yet (docs/scaling.md)
     out = prepare_out_dir(out)
@@ -401,12 +377,8 @@ def run_pretrain(
         raise ZhtuneError("the corpus has no training chunks; give more text")
     write_json(out / "data.json", report)
 
-    device = torch.device(
-        "cuda"
-        if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
-        else "cpu"
-    )
-    autocast, precision = autocast_context(cfg, device)
+    device = resolve_device(cfg.device)
+    autocast, precision = autocast_context(cfg.precision, device)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     model = build_model(cfg, tokenizer).to(device)
@@ -423,7 +395,7 @@ def run_pretrain(
     torch.manual_seed(cfg.seed)  # dropout
 
     step, epoch, consumed, history, prev_seconds = 0, 0, 0, [], 0.0
-    ckpt = find_checkpoint(cfg.resume_from_checkpoint, out / "checkpoints")
+    ckpt = resolve_resume(cfg.resume_from_checkpoint, out / "checkpoints")
     if ckpt is not None:
         check_resumable(ckpt, to_dict(cfg), report["corpus_key"], RESUME_MUST_MATCH)
         rng, state = load_checkpoint(ckpt, model, optimizer, scheduler)

@@ -6,12 +6,12 @@ Modes (``--mode``):
   with LoRA on the attention projections; the new ``score`` layer trains and is saved with
   the adapter. ``--freeze-base`` trains the head alone (no LoRA): a cheap baseline.
 - ``scoring``: the causal LM scores each class's label word(s) after a prompt
-  (:mod:`zhtune.llm_scoring`); LoRA training raises the probability of the gold word.
+  (:mod:`zhtune.llm.scoring`); LoRA training raises the probability of the gold word.
 
 ``--qlora`` loads the base in 4-bit NF4 with double quantization (bitsandbytes; CPU or GPU)
 and trains LoRA on top of it (``peft.prepare_model_for_kbit_training``). Training settings,
 checkpoints (adapter only), resume, history and figures are those of ``zhtune finetune``
-(:mod:`zhtune.training`). The run directory holds ``adapter_model.safetensors`` +
+(:mod:`zhtune.training.trainer`). The run directory holds ``adapter_model.safetensors`` +
 ``adapter_config.json`` (or ``head.safetensors``), the tokenizer, and ``zhtune.json`` (kind
 ``lora-head`` or ``scoring``: mode, base model, template, label words), so
 ``Classifier.load(run_dir)`` works; ``zhtune merge`` writes a standalone model.
@@ -28,12 +28,12 @@ from typing import Any
 
 from zhtune.config import add_config_args, arg, check, config_from_args, save_config
 from zhtune.data import DataConfig, load_splits
-from zhtune.llm_models import load_backend  # noqa: F401 - Classifier kinds lora-head, scoring
-from zhtune.llm_scoring import DEFAULT_TEMPLATE, SCORE_NORMS, WORD_AGGS, parse_label_words
-from zhtune.llm_scoring import parse_template as _parse_template
+from zhtune.llm.models import load_backend  # noqa: F401 - Classifier kinds lora-head, scoring
+from zhtune.llm.scoring import DEFAULT_TEMPLATE, SCORE_NORMS, WORD_AGGS, parse_label_words
+from zhtune.llm.scoring import parse_template as _parse_template
 from zhtune.runs import prepare_out_dir, write_json, write_manifest
-from zhtune.tracking import finish_run, is_main_process
-from zhtune.training import TrainingConfig, count_parameters, free_memory, run_trainer
+from zhtune.training.tracking import finish_run, is_main_process
+from zhtune.training.trainer import TrainingConfig, count_parameters, free_memory, run_trainer
 
 log = logging.getLogger("zhtune")
 
@@ -93,15 +93,15 @@ class LlmConfig(TrainingConfig):
 # --- a run ---------------------------------------------------------------------------------
 def build_model(cfg: LlmConfig, labels: list[str], tokenizer: Any, splits: Any):
     """(model for the Trainer, train set, dev set, collator or None, extra manifest fields)."""
-    from zhtune.llm_models import (
+    from zhtune.llm.models import (
         HeadOnlyModel,
         ScoringModel,
         add_lora,
         freeze_all_but_head,
         load_base,
     )
-    from zhtune.llm_scoring import LabelScorer, ScoringCollator, prompt_dataset, resolve_label_words
-    from zhtune.training import class_weight_tensor, seed_everything, tokenize_split
+    from zhtune.llm.scoring import LabelScorer, ScoringCollator, prompt_dataset, resolve_label_words
+    from zhtune.training.trainer import class_weight_tensor, seed_everything, tokenize_split
 
     scorer = None
     if cfg.mode == "scoring":  # bad label words / template fail before the model loads
@@ -140,7 +140,7 @@ def _save(model: Any, cfg: LlmConfig, out: Path) -> None:
     """Adapter (+ head) in safetensors; or ``head.safetensors`` with ``--freeze-base``."""
     from safetensors.torch import save_file
 
-    from zhtune.llm_models import HEAD_FILE, HeadOnlyModel, ScoringModel
+    from zhtune.llm.models import HEAD_FILE, HeadOnlyModel, ScoringModel
 
     if isinstance(model, HeadOnlyModel):
         state = {f"score.{k}": v.contiguous() for k, v in model.model.score.state_dict().items()}
@@ -174,9 +174,9 @@ def save_run(model: Any, cfg: LlmConfig, out: Path, labels: list[str], tokenizer
 def run_lora(cfg: LlmConfig, out: str | Path) -> dict:
     """Train, keep the best dev checkpoint, save, score the test split; returns test metrics."""
     from zhtune.classifier import Classifier
+    from zhtune.device import set_threads
     from zhtune.evaluation.scoring import write_test_outputs
-    from zhtune.inference import set_threads
-    from zhtune.llm_models import load_llm_tokenizer, model_ref
+    from zhtune.llm.models import load_llm_tokenizer, model_ref
 
     set_threads()
     base_ref = model_ref(cfg.model)
@@ -267,7 +267,7 @@ def run_llm_branch(
     pretrain_seconds, ..."""
     import dataclasses
 
-    from zhtune.zeroshot import ZeroShotConfig, run_zero_shot
+    from zhtune.llm.zeroshot import ZeroShotConfig, run_zero_shot
 
     out = prepare_out_dir(out)
     pretrain_seconds = 0.0
@@ -297,7 +297,7 @@ def run_llm_branch(
 
 def _pretrain_tiny_clm(data_cfg: DataConfig, out: Path, minutes: float, steps: int) -> Path:
     """A tiny Qwen2 causal LM pretrained on the training split's texts (one a line)."""
-    from zhtune.pretrain import PretrainConfig, run_pretrain
+    from zhtune.pretrain.loop import PretrainConfig, run_pretrain
 
     if (out / "config.json").is_file() and any(out.glob("*.safetensors")):
         log.info("LLM branch: reusing the causal LM in %s", out)

@@ -3,7 +3,7 @@
 The model is any Hugging Face encoder directory or hub id (the RobertaForMaskedLM that
 ``zhtune pretrain`` writes, ``hfl/chinese-roberta-wwm-ext``, ...) or ``none`` for a
 randomly initialised tiny RoBERTa (the "from scratch" control). Training settings come from
-:class:`zhtune.training.TrainingConfig`; the run directory gets the best dev checkpoint in
+:class:`zhtune.training.trainer.TrainingConfig`; the run directory gets the best dev checkpoint in
 Hugging Face format (label names in ``id2label``, ``zhtune_max_length`` in its config),
 ``zhtune.json`` (kind ``encoder``), test metrics, predictions, history and figures.
 """
@@ -20,13 +20,12 @@ from zhtune.config import add_config_args, arg, check, config_from_args, save_co
 from zhtune.data import DataConfig, load_splits
 from zhtune.errors import ConfigError, ModelLoadError, ZhtuneError
 from zhtune.runs import prepare_out_dir, write_json, write_manifest
-from zhtune.tracking import finish_run, is_main_process
-from zhtune.training import TrainingConfig, count_parameters, free_memory, run_trainer
+from zhtune.training.tracking import finish_run, is_main_process
+from zhtune.training.trainer import TrainingConfig, count_parameters, free_memory, run_trainer
 
 log = logging.getLogger("zhtune")
 
 SCRATCH = ("none", "scratch")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
 # settings a run must share with the checkpoints it resumes from (plus every data field)
 RESUME_MUST_MATCH = (
     "model", "tokenizer", "from_scratch", "hidden_size", "num_hidden_layers",
@@ -120,19 +119,13 @@ def check_model_path(model: str) -> Path:
     return local
 
 
-def load_tokenizer_for(cfg: FinetuneConfig):
+def load_tokenizer_for(cfg: FinetuneConfig) -> Any:
     """--tokenizer, else the model's own, else (model none / no tokenizer files) the built-in."""
-    from zhtune.text import load_tokenizer
+    from zhtune.text import tokenizer_for_model
 
-    if cfg.tokenizer:
-        return load_tokenizer(None if cfg.tokenizer.lower() in SCRATCH else cfg.tokenizer)
-    if cfg.scratch_model:
-        return load_tokenizer(None)
-    local = check_model_path(cfg.model)
-    if local.is_dir() and not any((local / f).is_file() for f in TOKENIZER_FILES):
-        log.warning("%s has no tokenizer files: using the built-in Chinese BERT vocabulary", local)
-        return load_tokenizer(None)
-    return load_tokenizer(cfg.model)
+    if cfg.tokenizer or cfg.scratch_model:
+        return tokenizer_for_model(None, cfg.tokenizer)
+    return tokenizer_for_model(str(check_model_path(cfg.model)))
 
 
 def build_model(cfg: FinetuneConfig, labels: list[str], tokenizer: Any):
@@ -144,8 +137,8 @@ def build_model(cfg: FinetuneConfig, labels: list[str], tokenizer: Any):
         RobertaForSequenceClassification,
     )
 
-    from zhtune.inference import check_safetensors
-    from zhtune.training import seed_everything
+    from zhtune.runs import check_safetensors
+    from zhtune.training.trainer import seed_everything
 
     id2label = dict(enumerate(labels))
     label2id = {name: i for i, name in id2label.items()}
@@ -232,7 +225,7 @@ def check_resume_matches(cfg: FinetuneConfig, out: Path) -> None:
     """With ``resume_from_checkpoint auto``, refuse checkpoints written with other settings."""
     import yaml
 
-    from zhtune.training import CHECKPOINT_DIR, find_checkpoint
+    from zhtune.training.trainer import CHECKPOINT_DIR, find_checkpoint
 
     saved_path = out / "config.yaml"
     if cfg.resume_from_checkpoint.strip().lower() != "auto" or not saved_path.is_file():
@@ -256,9 +249,9 @@ def check_resume_matches(cfg: FinetuneConfig, out: Path) -> None:
 def run_finetune(cfg: FinetuneConfig, out: str | Path) -> dict:
     """Train, keep the best dev checkpoint, score the test split; returns the test metrics."""
     from zhtune.classifier import Classifier
+    from zhtune.device import set_threads
     from zhtune.evaluation.scoring import write_test_outputs
-    from zhtune.inference import set_threads
-    from zhtune.training import tokenize_split
+    from zhtune.training.trainer import tokenize_split
 
     set_threads()
     out = prepare_out_dir(out)

@@ -124,7 +124,7 @@ def chunk_doc(
     ids: np.ndarray, wids: np.ndarray, max_seq_length: int, cls_id: int, sep_id: int
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """``[CLS] body [SEP]`` chunks with word ids renumbered per chunk (-1 at CLS/SEP)."""
-    from zhtune.masking import compact_word_ids
+    from zhtune.pretrain.masking import compact_word_ids
 
     out = []
     for s, e in chunk_spans(wids, max_seq_length - 2):

@@ -1,7 +1,7 @@
 """``zhtune zero-shot``: classify with a causal LM by label scoring, no training.
 
 Each text is put into the prompt template and every class's label word(s) are scored by
-their log-probability after it (:mod:`zhtune.llm_scoring`). The run directory gets the test
+their log-probability after it (:mod:`zhtune.llm.scoring`). The run directory gets the test
 metrics, predictions and figures of any other run, plus ``zhtune.json`` (kind ``scoring``:
 base model, template, label words), so ``Classifier.load(out)`` / evaluate / predict / serve
 work on it. The model itself is not copied: ``zhtune.json`` names it.
@@ -17,8 +17,8 @@ from pathlib import Path
 
 from zhtune.config import add_config_args, arg, check, config_from_args, save_config
 from zhtune.data import DataConfig, load_splits
-from zhtune.llm_scoring import DEFAULT_TEMPLATE, SCORE_NORMS, WORD_AGGS, parse_label_words
-from zhtune.llm_scoring import parse_template as _parse_template
+from zhtune.llm.scoring import DEFAULT_TEMPLATE, SCORE_NORMS, WORD_AGGS, parse_label_words
+from zhtune.llm.scoring import parse_template as _parse_template
 from zhtune.runs import prepare_out_dir, write_json, write_manifest
 
 log = logging.getLogger("zhtune")
@@ -56,10 +56,10 @@ class ZeroShotConfig(DataConfig):
 def run_zero_shot(cfg: ZeroShotConfig, out: str | Path) -> dict:
     """Score the test split with no training; returns the test metrics."""
     from zhtune.classifier import Classifier
+    from zhtune.device import set_threads
     from zhtune.evaluation.scoring import write_test_outputs
-    from zhtune.inference import set_threads
-    from zhtune.llm_models import ScoringBackend, load_base, load_llm_tokenizer, model_ref
-    from zhtune.llm_scoring import LabelScorer, resolve_label_words
+    from zhtune.llm.models import ScoringBackend, load_base, load_llm_tokenizer, model_ref
+    from zhtune.llm.scoring import LabelScorer, resolve_label_words
 
     set_threads()
     base_ref = model_ref(cfg.model)
