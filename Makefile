@@ -12,7 +12,7 @@ TORCH ?= torch==2.13.0
 help:
 	@echo "make demo   set up .venv and run the quickstart (runs/quickstart)"
 	@echo "make test   set up .venv and run the whole test suite"
-	@echo "make lint   ruff check + format check"
+	@echo "make lint   ruff check + format check + mypy (src/)"
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -54,6 +54,7 @@ test-fast: setup
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/mypy
 
 format: $(STAMP)
 	$(VENV)/bin/ruff check --fix src tests benchmarks

@@ -104,7 +104,7 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type) -> None:
     group = parser.add_argument_group(f"{cls.__name__} fields (also settable in the YAML)")
     for f in dataclasses.fields(cls):
         default = (
-            f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[operator]
         )
         help_ = f.metadata.get("help", "")
         choices = f.metadata.get("choices")
@@ -153,7 +153,7 @@ def load_config(cls: type[T], yaml_path: str | Path | None = None, **overrides: 
 
 
 def config_from_args(cls: type[T], ns: argparse.Namespace) -> T:
-    names = {f.name for f in dataclasses.fields(cls)}
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     overrides = {k: v for k, v in vars(ns).items() if k in names}
     return load_config(cls, getattr(ns, "config", None), **overrides)
 

@@ -18,6 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib import font_manager  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 
 log = logging.getLogger("zhtune")
 
@@ -54,12 +55,13 @@ def cjk_font() -> str | None:
     return None
 
 
-def _save(fig, path: str | Path) -> Path:
-    path = Path(path)
+def _save(fig: Figure, path: str | Path) -> Path:
+    """Lay out, write (110 dpi) and close ``fig``; returns the path."""
+    out = Path(path)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(out, dpi=110)
     plt.close(fig)
-    return path
+    return out
 
 
 def confusion_matrix_png(
@@ -68,26 +70,27 @@ def confusion_matrix_png(
     path: str | Path,
     title: str = "混淆矩阵 (confusion matrix)",
 ) -> Path:
+    """Heat map of the confusion matrix (rows gold, columns predicted) with the counts."""
     cjk_font()
-    cm = np.asarray(cm)
+    mat = np.asarray(cm)
     n = len(labels)
     fig, ax = plt.subplots(figsize=(2.2 + 0.9 * n, 1.8 + 0.8 * n))
-    ax.imshow(cm, cmap="Blues")
+    ax.imshow(mat, cmap="Blues")
     ax.set_xticks(range(n), labels, rotation=30, ha="right")
     ax.set_yticks(range(n), labels)
     ax.set_xlabel("预测 predicted")
     ax.set_ylabel("真实 gold")
     ax.set_title(title)
-    hi = cm.max() / 2 if cm.size else 0
+    hi = mat.max() / 2 if mat.size else 0
     for i in range(n):
         for j in range(n):
             ax.text(
                 j,
                 i,
-                str(cm[i, j]),
+                str(mat[i, j]),
                 ha="center",
                 va="center",
-                color="white" if cm[i, j] > hi else "black",
+                color="white" if mat[i, j] > hi else "black",
             )
     return _save(fig, path)
 
@@ -124,6 +127,7 @@ def per_class_png(
 def curves_png(
     series: dict[str, tuple[Sequence[float], Sequence[float]]],
     path: str | Path,
+    *,
     xlabel: str,
     title: str,
     ylabel: str = "",
@@ -157,6 +161,7 @@ def training_curves_png(
     dev_loss: tuple[Sequence[float], Sequence[float]],
     dev_metric: tuple[Sequence[float], Sequence[float]],
     path: str | Path,
+    *,
     metric_name: str = "macro_f1",
     title: str = "训练曲线 (training curves)",
 ) -> Path:
@@ -188,7 +193,7 @@ def confidence_histogram_png(
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.hist(
         [conf[ok], conf[~ok]],
-        bins=bins,
+        bins=bins.tolist(),
         stacked=True,
         color=["C0", "C3"],
         label=["正确 correct", "错误 wrong"],
@@ -247,6 +252,7 @@ def coverage_curve_png(
     coverage: Sequence[float],
     accuracy: Sequence[float],
     path: str | Path,
+    *,
     target: float | None = None,
     at_target: dict | None = None,
     title: str = "覆盖率-准确率 (accuracy vs coverage)",
@@ -288,7 +294,7 @@ def robustness_png(robustness: dict, path: str | Path, title: str = "鲁棒性 (
     ax.barh(ypos, acc, color="C0")
     clean = robustness["clean_accuracy"]
     ax.axvline(clean, color="C3", ls="--", lw=1, label=f"无扰动 clean {clean:.3f}")
-    for y, (_, v) in zip(ypos, items, strict=True):
+    for y, (_, v) in enumerate(items):
         ax.text(
             v["accuracy"] + 0.005,
             y,

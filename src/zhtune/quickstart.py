@@ -26,7 +26,7 @@ import gc
 import html
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from zhtune.config import arg, check, save_config, validate_choices
@@ -116,10 +116,12 @@ class QuickstartConfig(DataConfig):
             )
 
     def data_fields(self) -> dict:
+        """The DataConfig fields, to build the stages' configs."""
         return {k: getattr(self, k) for k in DataConfig.__dataclass_fields__}
 
 
 def _bf16_ok() -> bool:
+    """Whether this machine's training device supports bf16."""
     import torch
 
     from zhtune.device import bf16_supported
@@ -128,6 +130,7 @@ def _bf16_ok() -> bool:
 
 
 def _precision(cfg: QuickstartConfig) -> str:
+    """``cfg.precision`` with ``auto`` resolved (bf16 where supported, else fp32)."""
     if cfg.precision != "auto":
         return cfg.precision
     return "bf16" if _bf16_ok() else "fp32"
@@ -144,6 +147,7 @@ def write_corpus(texts: list[str], path: Path) -> Path:
 
 
 def run_pretrain_stage(cfg: QuickstartConfig, splits, out: Path) -> dict:
+    """MLM pretraining on the train split's texts (+ ``pretrain_extra``); its metrics."""
     from zhtune.pretrain.loop import PretrainConfig, run_pretrain
 
     out.mkdir(parents=True, exist_ok=True)
@@ -174,6 +178,7 @@ def run_pretrain_stage(cfg: QuickstartConfig, splits, out: Path) -> dict:
 
 
 def run_finetune_stage(cfg: QuickstartConfig, model: str, out: Path, lr: float, name: str) -> dict:
+    """Fine-tune ``model`` (a directory, or none: random weights); its metrics as ``name``."""
     from zhtune.finetune.encoder import FinetuneConfig, run_finetune
 
     fcfg = FinetuneConfig(
@@ -201,6 +206,16 @@ def run_finetune_stage(cfg: QuickstartConfig, model: str, out: Path, lr: float, 
     return metrics
 
 
+@dataclass
+class _Results:
+    """What the stages produced so far."""
+
+    rows: list[dict] = field(default_factory=list)  # the summary rows, one per model
+    runs: dict[str, Path] = field(default_factory=dict)  # name -> run directory, to compare
+    pretrain: dict | None = None  # the pretraining metrics
+    compare_report: str | None = None  # the compare stage's report, relative to out
+
+
 def run_quickstart(cfg: QuickstartConfig, out: str | Path) -> list[dict]:
     """Run every stage that is not skipped; returns the summary rows (one per model)."""
     out = prepare_out_dir(out)
@@ -208,103 +223,122 @@ def run_quickstart(cfg: QuickstartConfig, out: str | Path) -> list[dict]:
     t0 = time.perf_counter()
     splits = load_splits(cfg)
     write_json(out / "data.json", splits.report)
-    rows: list[dict] = []
-    runs: dict[str, Path] = {}
-    pretrain_metrics: dict | None = None
-
+    res = _Results()
     if not cfg.skip_baseline:
-        from zhtune.baseline import BaselineConfig, run_baseline
-
-        log.info("quickstart stage: TF-IDF baseline")
-        m = run_baseline(BaselineConfig(**cfg.data_fields()), out / "baseline")
-        rows.append({**m, "model": "TF-IDF + logistic regression", "run": "baseline"})
-        runs["baseline (TF-IDF)"] = out / "baseline"
-
+        _baseline_stage(cfg, out, res)
     if not cfg.skip_pretrain:
-        log.info("quickstart stage: pretraining a tiny RoBERTa (MLM, whole-word masking)")
-        pretrain_metrics = run_pretrain_stage(cfg, splits, out / "pretrain")
-        if not cfg.skip_finetune:
-            log.info("quickstart stage: fine-tuning the pretrained model")
-            m = run_finetune_stage(
-                cfg,
-                str(out / "pretrain"),
-                out / "finetune",
-                cfg.finetune_learning_rate,
-                "tiny RoBERTa, pretrained + fine-tuned",
-            )
-            m["pretrain_seconds"] = pretrain_metrics.get("train_seconds")
-            rows.append({**m, "run": "finetune"})
-            runs["pretrained + fine-tuned"] = out / "finetune"
-
+        _pretrain_stages(cfg, splits, out, res)
     if not cfg.skip_scratch:
-        log.info("quickstart stage: control, fine-tuning from random weights")
-        m = run_finetune_stage(
-            cfg,
-            "none",
-            out / "scratch",
-            cfg.scratch_learning_rate or cfg.finetune_learning_rate,
-            "tiny RoBERTa, fine-tuned from scratch (no pretraining)",
-        )
-        rows.append({**m, "run": "scratch"})
-        runs["fine-tuned from scratch"] = out / "scratch"
-
+        _scratch_stage(cfg, out, res)
     if not cfg.skip_llm:
-        from zhtune.llm.lora import run_llm_branch
-
-        log.info(
-            "quickstart stage: LLM branch (tiny causal LM, LoRA head, LoRA scoring, zero-shot)"
-        )
-        llm_rows = run_llm_branch(
-            DataConfig(**cfg.data_fields()),
-            out / "llm",
-            pretrain_minutes=cfg.llm_pretrain_minutes,
-            pretrain_max_steps=cfg.llm_pretrain_max_steps,
-            max_train_samples=cfg.llm_train_samples,
-            max_eval_samples=None,  # the same dev/test rows as every other model
-        )
-        for r in llm_rows:
-            rows.append({**r, "run": "llm/" + str(r["model"]).split(":")[0]})
-        gc.collect()
-
-    if not rows:
+        _llm_stage(cfg, out, res)
+    if not res.rows:
         raise ZhtuneError("quickstart: every stage is skipped; nothing to do")
-    compare_report = None
-    if not cfg.skip_compare and runs:
-        from zhtune.evaluation.compare import compare_runs
+    if not cfg.skip_compare and res.runs:
+        _compare_stage(cfg, out, res)
+    _write_summary(cfg, out, splits, res, time.perf_counter() - t0)
+    return res.rows
 
-        log.info("quickstart stage: compare (same test rows, calibration, robustness)")
-        try:
-            compare_runs(
-                [str(p) for p in runs.values()],
-                DataConfig(**cfg.data_fields()),
-                out / "compare",
-                names=list(runs),
-                title="zhtune quickstart: model comparison",
-                add_baseline=False,
-                max_robustness_samples=300,
-            )
-            compare_report = "compare/report.html"
-        except Exception as e:  # the trained models and their summary must not be lost
-            log.error("quickstart: the compare stage failed (%s: %s); the summary is still "
-                      "written", type(e).__name__, e)  # fmt: skip
-        gc.collect()
 
-    total = time.perf_counter() - t0
-    summary = format_table(rows, SUMMARY_COLUMNS)
-    verdict = compare_to_baseline(rows)
+def _baseline_stage(cfg: QuickstartConfig, out: Path, res: _Results) -> None:
+    """The TF-IDF + logistic regression baseline (out/baseline)."""
+    from zhtune.baseline import BaselineConfig, run_baseline
+
+    log.info("quickstart stage: TF-IDF baseline")
+    m = run_baseline(BaselineConfig(**cfg.data_fields()), out / "baseline")
+    res.rows.append({**m, "model": "TF-IDF + logistic regression", "run": "baseline"})
+    res.runs["baseline (TF-IDF)"] = out / "baseline"
+
+
+def _pretrain_stages(cfg: QuickstartConfig, splits, out: Path, res: _Results) -> None:
+    """Pretrain a tiny RoBERTa (out/pretrain), then fine-tune it (out/finetune)."""
+    log.info("quickstart stage: pretraining a tiny RoBERTa (MLM, whole-word masking)")
+    res.pretrain = run_pretrain_stage(cfg, splits, out / "pretrain")
+    if cfg.skip_finetune:
+        return
+    log.info("quickstart stage: fine-tuning the pretrained model")
+    m = run_finetune_stage(
+        cfg,
+        str(out / "pretrain"),
+        out / "finetune",
+        cfg.finetune_learning_rate,
+        "tiny RoBERTa, pretrained + fine-tuned",
+    )
+    m["pretrain_seconds"] = res.pretrain.get("train_seconds")
+    res.rows.append({**m, "run": "finetune"})
+    res.runs["pretrained + fine-tuned"] = out / "finetune"
+
+
+def _scratch_stage(cfg: QuickstartConfig, out: Path, res: _Results) -> None:
+    """The control: the same model fine-tuned from random weights (out/scratch)."""
+    log.info("quickstart stage: control, fine-tuning from random weights")
+    m = run_finetune_stage(
+        cfg,
+        "none",
+        out / "scratch",
+        cfg.scratch_learning_rate or cfg.finetune_learning_rate,
+        "tiny RoBERTa, fine-tuned from scratch (no pretraining)",
+    )
+    res.rows.append({**m, "run": "scratch"})
+    res.runs["fine-tuned from scratch"] = out / "scratch"
+
+
+def _llm_stage(cfg: QuickstartConfig, out: Path, res: _Results) -> None:
+    """The LLM branch (out/llm): tiny causal LM, LoRA head, LoRA scoring, zero-shot."""
+    from zhtune.llm.lora import run_llm_branch
+
+    log.info("quickstart stage: LLM branch (tiny causal LM, LoRA head, LoRA scoring, zero-shot)")
+    llm_rows = run_llm_branch(
+        DataConfig(**cfg.data_fields()),
+        out / "llm",
+        pretrain_minutes=cfg.llm_pretrain_minutes,
+        pretrain_max_steps=cfg.llm_pretrain_max_steps,
+        max_train_samples=cfg.llm_train_samples,
+        max_eval_samples=None,  # the same dev/test rows as every other model
+    )
+    for r in llm_rows:
+        res.rows.append({**r, "run": "llm/" + str(r["model"]).split(":")[0]})
+    gc.collect()
+
+
+def _compare_stage(cfg: QuickstartConfig, out: Path, res: _Results) -> None:
+    """zhtune compare of the runs (out/compare); a failure is logged, not raised."""
+    from zhtune.evaluation.compare import compare_runs
+
+    log.info("quickstart stage: compare (same test rows, calibration, robustness)")
+    try:
+        compare_runs(
+            [str(p) for p in res.runs.values()],
+            DataConfig(**cfg.data_fields()),
+            out / "compare",
+            names=list(res.runs),
+            title="zhtune quickstart: model comparison",
+            add_baseline=False,
+            max_robustness_samples=300,
+        )
+        res.compare_report = "compare/report.html"
+    except Exception as e:  # the trained models and their summary must not be lost
+        log.error("quickstart: the compare stage failed (%s: %s); the summary is still "
+                  "written", type(e).__name__, e)  # fmt: skip
+    gc.collect()
+
+
+def _write_summary(cfg: QuickstartConfig, out: Path, splits, res: _Results, total: float) -> None:
+    """summary.json, summary.md and report.html; prints the table."""
+    summary = format_table(res.rows, SUMMARY_COLUMNS)
+    verdict = compare_to_baseline(res.rows)
     if verdict:
         summary += "\n\n" + verdict
-    write_json(out / "summary.json", {"total_seconds": total, "rows": rows,
-                                      "pretrain": pretrain_metrics})  # fmt: skip
+    write_json(out / "summary.json", {"total_seconds": total, "rows": res.rows,
+                                      "pretrain": res.pretrain})  # fmt: skip
     (out / "summary.md").write_text(
         f"# zhtune quickstart ({cfg.dataset})\n\n{len(splits.test)} test rows; "
         f"total {total / 60:.1f} min\n\n{summary}\n",
         encoding="utf-8",
     )
-    write_report(out, rows, total, pretrain_metrics, compare_report, cfg)
+    write_report(out, res.rows, total, res.pretrain, res.compare_report, cfg)
     print(summary)
     print(f"\ntotal {total / 60:.1f} min; runs, summary.md and report.html in {out}")
-    return rows
 
 
 def compare_to_baseline(rows: list[dict]) -> str:

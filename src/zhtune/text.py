@@ -98,7 +98,7 @@ def _builtin_tokenizer() -> Any:
 
 @lru_cache(maxsize=1)
 def _builtin_tokenizer_shared() -> Any:
-    from transformers import BertTokenizerFast
+    from transformers import BertTokenizerFast  # type: ignore[attr-defined]
 
     # split on "\n" only: str.splitlines() also splits on U+2028, which is itself a vocab entry
     lines = builtin_vocab_path().read_text(encoding="utf-8").rstrip("\n").split("\n")

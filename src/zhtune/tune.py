@@ -30,7 +30,7 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -178,7 +178,7 @@ def open_study(out: Path, name: str, maximize: bool, seed: int, startup: int, pr
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    direction = "maximize" if maximize else "minimize"
+    direction: Literal["maximize", "minimize"] = "maximize" if maximize else "minimize"
     storage = optuna.storages.RDBStorage(f"sqlite:///{(out / STUDY_DB).resolve()}")
     study = optuna.create_study(
         study_name=name,
@@ -275,7 +275,9 @@ def write_plots(study: Any, out: Path) -> list[Path]:
     cjk_font()
     written = []
     complete = [t for t in study.trials if t.state.name == "COMPLETE"]
-    jobs = [("optimization_history.png", ovm.plot_optimization_history, 1)]
+    jobs: list[tuple[str, Any, int]] = [
+        ("optimization_history.png", ovm.plot_optimization_history, 1)
+    ]
     jobs.append(("param_importances.png", ovm.plot_param_importances, 2))
     for name, plot, need in jobs:
         if len(complete) < need:
@@ -284,7 +286,7 @@ def write_plots(study: Any, out: Path) -> list[Path]:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # optuna marks these plots experimental
                 ax = plot(study)
-            fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
+            fig: Any = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
             fig.set_size_inches(7, 4.5)
             fig.tight_layout()
             fig.savefig(out / name, dpi=110)

@@ -12,6 +12,9 @@ import numpy as np
 
 from zhtune.probs import apply_temperature, log_probs  # noqa: F401  (apply_temperature: re-exported)
 
+# gold label ids: a list or an integer array
+LabelIds = Sequence[int] | np.ndarray
+
 N_BINS = 15
 T_MIN, T_MAX = 0.05, 20.0
 
@@ -22,7 +25,7 @@ def confidences(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return probs.max(axis=1), probs.argmax(axis=1)
 
 
-def reliability_bins(probs: np.ndarray, y: Sequence[int], n_bins: int = N_BINS) -> list[dict]:
+def reliability_bins(probs: np.ndarray, y: LabelIds, n_bins: int = N_BINS) -> list[dict]:
     """Equal-width confidence bins (lo, hi]: count, mean confidence and accuracy of each."""
     conf, pred = confidences(probs)
     correct = pred == np.asarray(y)
@@ -44,7 +47,7 @@ def reliability_bins(probs: np.ndarray, y: Sequence[int], n_bins: int = N_BINS) 
     return bins
 
 
-def expected_calibration_error(probs: np.ndarray, y: Sequence[int], n_bins: int = N_BINS) -> float:
+def expected_calibration_error(probs: np.ndarray, y: LabelIds, n_bins: int = N_BINS) -> float:
     """ECE = sum over bins of |bin| / n * |accuracy(bin) - mean confidence(bin)|."""
     total = len(y)
     if not total:
@@ -58,23 +61,23 @@ def expected_calibration_error(probs: np.ndarray, y: Sequence[int], n_bins: int 
     )
 
 
-def nll(probs: np.ndarray, y: Sequence[int]) -> float:
+def nll(probs: np.ndarray, y: LabelIds) -> float:
     """Mean negative log-likelihood of the gold labels."""
     p = np.clip(np.asarray(probs)[np.arange(len(y)), np.asarray(y)], 1e-12, 1.0)
     return float(-np.log(p).mean())
 
 
-def fit_temperature(probs: np.ndarray, y: Sequence[int]) -> float:
+def fit_temperature(probs: np.ndarray, y: LabelIds) -> float:
     """The temperature T minimising the NLL of softmax(log(probs) / T) on (probs, y).
 
     L-BFGS-B on log T with the analytic gradient, T bounded to [0.05, 20]."""
     from scipy.optimize import minimize
 
     logits = log_probs(probs)
-    y = np.asarray(y)
-    if not len(y):
+    ids = np.asarray(y)
+    if not len(ids):
         return 1.0
-    gold = logits[np.arange(len(y)), y]
+    gold = logits[np.arange(len(ids)), ids]
 
     def f(x: np.ndarray) -> tuple[float, np.ndarray]:
         t = float(np.exp(x[0]))
@@ -98,7 +101,7 @@ def fit_temperature(probs: np.ndarray, y: Sequence[int]) -> float:
     return float(np.exp(res.x[0]))
 
 
-def coverage_curve(probs: np.ndarray, y: Sequence[int]) -> dict:
+def coverage_curve(probs: np.ndarray, y: LabelIds) -> dict:
     """Accuracy when answering only the most confident predictions (abstaining below a threshold).
 
     Points are taken at each distinct confidence (ties are kept together): ``threshold`` t,
@@ -136,9 +139,10 @@ def threshold_for_accuracy(curve: dict, target: float) -> dict:
 
 def confidence_report(
     probs: np.ndarray,
-    y: Sequence[int],
+    y: LabelIds,
     dev_probs: np.ndarray | None = None,
-    dev_y: Sequence[int] | None = None,
+    dev_y: LabelIds | None = None,
+    *,
     target_accuracy: float = 0.95,
     n_bins: int = N_BINS,
 ) -> dict:
@@ -146,7 +150,11 @@ def confidence_report(
 
     The temperature is fitted on (dev_probs, dev_y) when given, else left at 1."""
     conf, _ = confidences(probs)
-    temperature = fit_temperature(dev_probs, dev_y) if dev_probs is not None else 1.0
+    temperature = 1.0
+    if dev_probs is not None:
+        if dev_y is None:
+            raise TypeError("confidence_report: dev_probs given without dev_y")
+        temperature = fit_temperature(dev_probs, dev_y)
     cal = apply_temperature(probs, temperature)
     curve = coverage_curve(probs, y)
     cal_curve = coverage_curve(cal, y)
@@ -172,6 +180,7 @@ def confidence_report(
 
 
 def _thin(curve: dict, max_points: int = 200) -> dict:
+    """At most about ``max_points`` evenly spaced points of a coverage curve."""
     n = len(curve["threshold"])
     if n <= max_points:
         return curve

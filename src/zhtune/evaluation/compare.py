@@ -11,6 +11,7 @@ if it is a baseline, else one trained on the same data into ``OUT/baseline``. Wr
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import gc
 import logging
@@ -149,14 +150,16 @@ def _slug(name: str) -> str:
 
 
 # --- CLI ---------------------------------------------------------------------------------
-def add_arguments(p) -> None:
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of ``zhtune compare``."""
     p.add_argument("runs", nargs="+", metavar="RUN", help="run or model directories to compare")
     p.add_argument("--out", required=True, help="directory for the comparison and report.html")
     p.add_argument("--no-robustness", action="store_true", help="skip the robustness perturbations")
     add_config_args(p, CompareConfig)
 
 
-def run_cli(ns) -> int:
+def run_cli(ns: argparse.Namespace) -> int:
+    """Run ``zhtune compare`` from parsed flags; prints the table."""
     from zhtune.evaluation.evaluate import data_from_model
 
     cfg = data_from_model(config_from_args(CompareConfig, ns), ns.runs[0])

@@ -14,11 +14,13 @@ Works for every model kind through :meth:`zhtune.Classifier.load`. Writes into `
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import struct
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -30,13 +32,16 @@ from zhtune.config import (
     save_config,
     validate_choices,
 )
-from zhtune.data import DataConfig, Splits, load_splits
+from zhtune.data import DataConfig, Split, Splits, load_splits
 from zhtune.errors import ZhtuneError
 from zhtune.evaluation.calibration import confidence_report
 from zhtune.evaluation.metrics import format_table
 from zhtune.evaluation.perturb import PERTURBATIONS
 from zhtune.evaluation.scoring import dir_size, score
 from zhtune.runs import prediction_rows, prepare_out_dir, write_json, write_jsonl
+
+if TYPE_CHECKING:
+    from zhtune.classifier import Classifier
 
 log = logging.getLogger("zhtune")
 
@@ -145,73 +150,98 @@ def save_temperature(model_dir: str | Path, calibration: dict) -> Path:
     return p / "calibration.json"
 
 
-def evaluate_model(
-    model,
-    cfg: EvaluateConfig,
-    out: str | Path,
-    *,
-    splits: Splits | None = None,
-    save_temperature_to_model: bool = False,
-    name: str | None = None,
-    report: bool = True,
-) -> dict:
-    """Evaluate ``model`` (a path/hub id or a loaded Classifier) and write ``out``.
+@dataclass
+class _Scored:
+    """One model scored on the evaluated split: what every later step reads."""
 
-    Returns the headline row (also written to ``summary.json``), with ``eval_dir``."""
-    from zhtune import plots
+    clf: Classifier
+    name: str
+    data: Split
+    labels: list[str]
+    probs: np.ndarray
+    gold: np.ndarray
+    metrics: dict
+    rows: list[dict]
+
+
+def _load_inputs(
+    model: str | Path | Classifier, cfg: EvaluateConfig, out: Path, splits: Splits | None
+) -> tuple[Splits, Classifier]:
+    """The data (loaded from ``cfg`` when not given, with ``data.json``) and the model."""
     from zhtune.classifier import Classifier
 
-    out = prepare_out_dir(out)
-    save_config(cfg, out)
     if splits is None:
         splits = load_splits(cfg)
         write_json(out / "data.json", splits.report)  # sizes, skipped rows, warnings
         for w in splits.report["warnings"]:
             log.warning(w)
-    labels = list(splits.label_map.names)
     clf = model if isinstance(model, Classifier) else Classifier.load(model)
+    return splits, clf
+
+
+def _score_split(clf: Classifier, splits: Splits, cfg: EvaluateConfig, name: str | None) -> _Scored:
+    """Score ``clf`` on ``cfg.split``: metrics (with model size and parameters) and rows."""
+    labels = list(splits.label_map.names)
     model_path = clf.path
     name = name or Path(str(model_path)).name or str(model_path)
     data = splits.get(cfg.split)
     log.info("evaluate %s (%s) on %d %s rows", model_path, clf.kind, len(data), cfg.split)
     metrics, probs = score(clf, data, labels, cfg.batch_size)
     gold = np.asarray(data.label_ids(splits.label_map))
-    params = count_parameters(model_path)
     metrics = {
         "split": cfg.split,
         "model": str(model_path),
         "kind": clf.kind,
         **metrics,
         "model_bytes": dir_size(model_path) if Path(str(model_path)).is_dir() else None,
-        "parameters": params,
+        "parameters": count_parameters(model_path),
     }
-    preds = clf.format(probs)
-    rows = list(prediction_rows(data.texts, data.labels, preds))
+    rows = list(prediction_rows(data.texts, data.labels, clf.format(probs)))
     for i, r in enumerate(rows):
         r["index"] = i
-    write_jsonl(out / "predictions.jsonl", rows)
+    return _Scored(clf, name, data, labels, probs, gold, metrics, rows)
+
+
+def _write_predictions(ev: _Scored, out: Path) -> None:
+    """``predictions.jsonl``, ``errors.jsonl`` (most confident first) and the metric PNGs."""
+    from zhtune import plots
+
+    write_jsonl(out / "predictions.jsonl", ev.rows)
     errors = sorted(
-        (r for r in rows if r["label"] != r["gold"]), key=lambda r: (-r["confidence"], r["index"])
+        (r for r in ev.rows if r["label"] != r["gold"]),
+        key=lambda r: (-r["confidence"], r["index"]),
     )
     write_jsonl(out / "errors.jsonl", errors)
-    plots.confusion_matrix_png(metrics["confusion_matrix"], labels, out / "confusion_matrix.png")
-    plots.per_class_png(metrics["per_class"], out / "per_class.png")
+    plots.confusion_matrix_png(
+        ev.metrics["confusion_matrix"], ev.labels, out / "confusion_matrix.png"
+    )
+    plots.per_class_png(ev.metrics["per_class"], out / "per_class.png")
 
-    # --- confidence and calibration (temperature fitted on dev) --------------------------
+
+def _calibrate(
+    ev: _Scored, splits: Splits, cfg: EvaluateConfig, out: Path, *, save_to_model: bool
+) -> dict:
+    """Confidence report with a temperature fitted on dev: ``confidence.json``,
+    ``calibration.json`` (and into the model directory when ``save_to_model``)."""
     fit_split = "dev"
-    dev_probs = clf.predict_proba(splits.dev.texts, batch_size=cfg.batch_size)
+    dev_probs = ev.clf.predict_proba(splits.dev.texts, batch_size=cfg.batch_size)
     dev_gold = splits.dev.label_ids(splits.label_map)
     conf = confidence_report(
-        probs, gold, dev_probs, dev_gold, target_accuracy=cfg.target_accuracy, n_bins=cfg.n_bins
+        ev.probs,
+        ev.gold,
+        dev_probs,
+        dev_gold,
+        target_accuracy=cfg.target_accuracy,
+        n_bins=cfg.n_bins,
     )
     conf["fit_split"] = fit_split
     if cfg.split == fit_split:
         log.warning(
             "the temperature is fitted on the evaluated split (dev): ECE after is optimistic"
         )
-    order = np.argsort(probs.max(1), kind="stable")[: cfg.n_low_confidence]
+    order = np.argsort(ev.probs.max(1), kind="stable")[: cfg.n_low_confidence]
     conf["low_confidence"] = [
-        {k: rows[i][k] for k in ("index", "text", "gold", "label", "confidence")} for i in order
+        {k: ev.rows[i][k] for k in ("index", "text", "gold", "label", "confidence")} for i in order
     ]
     write_json(out / "confidence.json", conf)
     calibration = {
@@ -223,14 +253,23 @@ def evaluate_model(
         "nll_before": conf["nll"],
         "nll_after": conf["nll_calibrated"],
         "evaluated_split": cfg.split,
-        "model": str(model_path),
+        "model": str(ev.clf.path),
     }
     write_json(out / "calibration.json", calibration)
-    if save_temperature_to_model:
-        path = save_temperature(model_path, calibration)
+    if save_to_model:
+        path = save_temperature(ev.clf.path, calibration)
         log.info("temperature %.4f saved to %s", conf["temperature"], path)
-    conf_max = probs.max(1)
-    plots.confidence_histogram_png(conf_max, probs.argmax(1) == gold, out / "confidence_hist.png")
+    return conf
+
+
+def _confidence_plots(ev: _Scored, conf: dict, cfg: EvaluateConfig, out: Path) -> None:
+    """``confidence_hist.png``, ``reliability.png`` and ``coverage.png``."""
+    from zhtune import plots
+
+    conf_max = ev.probs.max(1)
+    plots.confidence_histogram_png(
+        conf_max, ev.probs.argmax(1) == ev.gold, out / "confidence_hist.png"
+    )
     plots.reliability_diagram_png(
         {
             "原始 uncalibrated": (conf["reliability"], conf["ece"]),
@@ -250,26 +289,37 @@ def evaluate_model(
         at_target=conf["abstain"],
     )
 
-    # --- robustness ----------------------------------------------------------------------
-    robust = None
-    if cfg.robustness:
-        from zhtune.evaluation.robustness import run_robustness
 
-        robust, flipped = run_robustness(
-            clf,
-            data.texts,
-            list(gold),
-            rate=cfg.robustness_rate,
-            seed=cfg.seed,
-            max_samples=cfg.max_robustness_samples,
-            perturbations=cfg.perturbations,
-            batch_size=cfg.batch_size,
-            clean_probs=probs,
-        )
-        write_json(out / "robustness.json", robust)
-        write_jsonl(out / "flipped.jsonl", flipped)
-        plots.robustness_png(robust, out / "robustness.png")
+def _robustness(ev: _Scored, cfg: EvaluateConfig, out: Path) -> dict | None:
+    """Run the perturbations (unless turned off): ``robustness.json``, ``flipped.jsonl``,
+    ``robustness.png``; returns the robustness summary or None."""
+    if not cfg.robustness:
+        return None
+    from zhtune import plots
+    from zhtune.evaluation.robustness import run_robustness
 
+    robust, flipped = run_robustness(
+        ev.clf,
+        ev.data.texts,
+        list(ev.gold),
+        rate=cfg.robustness_rate,
+        seed=cfg.seed,
+        max_samples=cfg.max_robustness_samples,
+        perturbations=cfg.perturbations,
+        batch_size=cfg.batch_size,
+        clean_probs=ev.probs,
+    )
+    write_json(out / "robustness.json", robust)
+    write_jsonl(out / "flipped.jsonl", flipped)
+    plots.robustness_png(robust, out / "robustness.png")
+    return robust
+
+
+def _write_summary(
+    ev: _Scored, conf: dict, robust: dict | None, cfg: EvaluateConfig, out: Path
+) -> dict:
+    """Complete and write ``metrics.json``; build and write the headline ``summary.json``."""
+    metrics = ev.metrics
     metrics["ece"] = conf["ece"]
     metrics["ece_calibrated"] = conf["ece_calibrated"]
     metrics["temperature"] = conf["temperature"]
@@ -277,9 +327,9 @@ def evaluate_model(
         metrics["robustness_score"] = robust["robustness_score"]
     write_json(out / "metrics.json", metrics)
     summary = {
-        "name": name,
-        "model": str(model_path),
-        "kind": clf.kind,
+        "name": ev.name,
+        "model": str(ev.clf.path),
+        "kind": ev.clf.kind,
         "split": cfg.split,
         "n": metrics["n"],
         "accuracy": metrics["accuracy"],
@@ -294,21 +344,47 @@ def evaluate_model(
         "abstain_coverage": conf["abstain"]["coverage"],
         "robustness_score": robust["robustness_score"] if robust else None,
         "mean_flip_rate": robust["mean_flip_rate"] if robust else None,
-        "parameters": params,
+        "parameters": metrics["parameters"],
         "model_bytes": metrics["model_bytes"],
         "texts_per_second": metrics["texts_per_second"],
         "eval_dir": str(out),
     }
     write_json(out / "summary.json", summary)
+    return summary
+
+
+def evaluate_model(
+    model: str | Path | Classifier,
+    cfg: EvaluateConfig,
+    out: str | Path,
+    *,
+    splits: Splits | None = None,
+    save_temperature_to_model: bool = False,
+    name: str | None = None,
+    report: bool = True,
+) -> dict:
+    """Evaluate ``model`` (a path/hub id or a loaded Classifier) and write ``out``.
+
+    Returns the headline row (also written to ``summary.json``), with ``eval_dir``."""
+    out = prepare_out_dir(out)
+    save_config(cfg, out)
+    splits, clf = _load_inputs(model, cfg, out, splits)
+    ev = _score_split(clf, splits, cfg, name)
+    _write_predictions(ev, out)
+    conf = _calibrate(ev, splits, cfg, out, save_to_model=save_temperature_to_model)
+    _confidence_plots(ev, conf, cfg, out)
+    robust = _robustness(ev, cfg, out)
+    summary = _write_summary(ev, conf, robust, cfg, out)
     if report:
         from zhtune.evaluation.report import build_report
 
-        build_report([summary], out, title=f"zhtune evaluate: {name}")
+        build_report([summary], out, title=f"zhtune evaluate: {ev.name}")
     return summary
 
 
 # --- CLI ---------------------------------------------------------------------------------
-def add_arguments(p) -> None:
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of ``zhtune evaluate``."""
     p.add_argument("--model", required=True, help="run directory, model directory or HF hub id")
     p.add_argument("--out", required=True, help="directory for the evaluation outputs")
     p.add_argument(
@@ -346,7 +422,8 @@ def data_from_model(cfg: EvaluateConfig, model: str | Path) -> EvaluateConfig:
     return replace(cfg, **given)
 
 
-def run_cli(ns) -> int:
+def run_cli(ns: argparse.Namespace) -> int:
+    """Run ``zhtune evaluate`` from parsed flags; prints the table."""
     cfg = data_from_model(config_from_args(EvaluateConfig, ns), ns.model)
     if ns.no_robustness:
         cfg.robustness = False

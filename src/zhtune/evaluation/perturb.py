@@ -30,6 +30,7 @@ import unicodedata
 from collections.abc import Callable
 from functools import lru_cache
 from importlib import resources
+from typing import Any
 
 from zhtune.errors import ZhtuneError
 
@@ -234,7 +235,8 @@ def punct_remove(text: str, rate: float = 1.0, rng: random.Random | None = None)
 
 
 @lru_cache(maxsize=2)
-def _opencc(config: str):
+def _opencc(config: str) -> Any:
+    """An OpenCC converter for ``config`` (e.g. ``s2t``); ZhtuneError when OpenCC is absent."""
     try:
         from opencc import OpenCC
     except ImportError:

@@ -52,11 +52,13 @@ HEADLINE = [
 ]
 
 
-def _read_json(path: Path) -> dict | list | None:
+def _read_json(path: Path) -> dict | None:
+    """The JSON object in ``path`` (every file read here holds one), or None when absent."""
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
 def _read_jsonl(path: Path, limit: int) -> list[dict]:
+    """The first ``limit`` rows of a JSON-lines file ([] when absent)."""
     rows: list[dict] = []
     if path.is_file():
         with path.open(encoding="utf-8") as fh:
@@ -90,6 +92,7 @@ def load_entry(entry: dict | str | Path, n_errors: int = 10) -> dict:
 
 
 def _fmt(v: object, key: str = "") -> str:
+    """A cell value as text: sizes in B/KB/MB/GB, parameters in M, floats to 4 places."""
     if v is None:
         return "–"
     if key == "model_bytes" and isinstance(v, int | float):
@@ -107,14 +110,17 @@ def _fmt(v: object, key: str = "") -> str:
 
 
 def _e(v: object, key: str = "") -> str:
+    """``_fmt`` escaped for HTML."""
     return html.escape(_fmt(v, key))
 
 
 def _short(text: str, n: int = 300) -> str:
+    """``text`` cut to ``n`` characters (with an ellipsis), escaped for HTML."""
     return html.escape(text if len(text) <= n else text[:n] + "…")
 
 
 def _img(path: Path, alt: str) -> str:
+    """An <img> with the PNG at ``path`` embedded as base64."""
     data = base64.b64encode(path.read_bytes()).decode("ascii")
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
@@ -131,17 +137,18 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], cls: str = "")
 
 
 def _headline(rows: list[dict]) -> str:
+    """The headline table, one row per model, the best value of each column in bold."""
     best: dict[str, object] = {}
     for key, _, how in HEADLINE:
-        vals = [r.get(key) for r in rows if isinstance(r.get(key), int | float)]
+        vals = [r[key] for r in rows if isinstance(r.get(key), int | float)]
         if how in ("max", "min") and len(vals) > 1:
             best[key] = max(vals) if how == "max" else min(vals)
     head = "".join(f"<th>{html.escape(h)}</th>" for _, h, _ in HEADLINE)
-    body = []
+    body: list[str] = []
     for r in rows:
-        cells = []
+        cells: list[str] = []
         for key, _, how in HEADLINE:
-            cls = []
+            cls: list[str] = []
             if how == "t":
                 cls.append("t")
             if key in best and r.get(key) == best[key]:
@@ -157,26 +164,22 @@ def _headline(rows: list[dict]) -> str:
     )
 
 
-def _model_section(i: int, e: dict) -> str:
-    row, m, conf, rob = e["row"], e["metrics"], e["confidence"], e["robustness"]
-    name = row.get("name") or m.get("model") or f"model {i + 1}"
-    parts = [f'<section id="m{i}"><h2>{html.escape(str(name))}</h2>']
-    parts.append(
-        f'<p class="muted">{html.escape(str(m.get("model", "")))} · kind '
-        f"{html.escape(str(m.get('kind', '')))} · {m.get('n', '')} {html.escape(str(m.get('split', '')))} rows</p>"
-    )
-    keys = [
-        ("accuracy", "accuracy"),
-        ("macro_precision", "macro precision"),
-        ("macro_recall", "macro recall"),
-        ("macro_f1", "macro F1"),
-        ("weighted_precision", "weighted precision"),
-        ("weighted_recall", "weighted recall"),
-        ("weighted_f1", "weighted F1"),
-        ("roc_auc", "ROC-AUC"),
-        ("log_loss", "log loss"),
-    ]
-    metric_rows = [[html.escape(h), _e(m.get(k))] for k, h in keys]
+METRIC_KEYS = [
+    ("accuracy", "accuracy"),
+    ("macro_precision", "macro precision"),
+    ("macro_recall", "macro recall"),
+    ("macro_f1", "macro F1"),
+    ("weighted_precision", "weighted precision"),
+    ("weighted_recall", "weighted recall"),
+    ("weighted_f1", "weighted F1"),
+    ("roc_auc", "ROC-AUC"),
+    ("log_loss", "log loss"),
+]
+
+
+def _metric_rows(m: dict, conf: dict | None, rob: dict | None) -> list[list[str]]:
+    """(metric, value) rows: the classification metrics, confidence and robustness."""
+    metric_rows = [[html.escape(h), _e(m.get(k))] for k, h in METRIC_KEYS]
     if conf:
         ab = conf.get("abstain", {})
         metric_rows += [
@@ -193,8 +196,14 @@ def _model_section(i: int, e: dict) -> str:
         ]
     if rob:
         metric_rows.append(["robustness score", _e(rob.get("robustness_score"))])
-    parts.append('<div class="figs"><div>')
-    parts.append(_table(["metric", "value"], metric_rows))
+    return metric_rows
+
+
+def _tables(e: dict) -> list[str]:
+    """The metric table, then the per-class table and the confusion matrix, side by side."""
+    m = e["metrics"]
+    parts = ['<div class="figs"><div>']
+    parts.append(_table(["metric", "value"], _metric_rows(m, e["confidence"], e["robustness"])))
     parts.append("</div><div>")
     per_class = m.get("per_class", {})
     parts.append(
@@ -211,65 +220,91 @@ def _model_section(i: int, e: dict) -> str:
     if cm.is_file():
         parts.append(_img(cm, "confusion matrix"))
     parts.append("</div></div>")
+    return parts
+
+
+def _figures(d: Path) -> str:
+    """The FIGURES found in ``d``, each with its caption."""
     figs = [
-        f"<figure>{_img(e['dir'] / f, cap)}<figcaption>{html.escape(cap)}</figcaption></figure>"
+        f"<figure>{_img(d / f, cap)}<figcaption>{html.escape(cap)}</figcaption></figure>"
         for f, cap in FIGURES
-        if (e["dir"] / f).is_file()
+        if (d / f).is_file()
     ]
-    parts.append(f'<div class="figs">{"".join(figs)}</div>')
-    if rob:
-        parts.append(
-            f"<h3>鲁棒性 robustness</h3><p class='muted'>{rob.get('n')} rows, rate "
-            f"{rob.get('rate')}, seed {rob.get('seed')}; clean accuracy "
-            f"{_e(rob.get('clean_accuracy'))}</p>"
-        )
-        rrows = []
-        for pname, r in rob.get("perturbations", {}).items():
-            if "accuracy" not in r:
-                rrows.append(
-                    [f'<td class="t">{html.escape(pname)}</td>', "skipped", "", "", ""]
-                    + [f'<td class="t err">{html.escape(r.get("skipped", ""))}</td>']
-                )
-                continue
-            ex = r["examples"][0] if r.get("examples") else None
-            example = (
-                f"{_short(ex['text'])}<br>→ {_short(ex['perturbed'])}<br>"
-                f"<span class='muted'>{html.escape(ex['clean_pred'])} → "
-                f"{html.escape(ex['perturbed_pred'])} (gold {html.escape(ex['gold'])})</span>"
-                if ex
-                else ""
-            )
-            rrows.append(
+    return f'<div class="figs">{"".join(figs)}</div>'
+
+
+def _perturbation_row(pname: str, r: dict) -> list[str]:
+    """One row of the robustness table: a scored perturbation with a flip, or a skipped one."""
+    if "accuracy" not in r:
+        return [f'<td class="t">{html.escape(pname)}</td>', "skipped", "", "", ""] + [
+            f'<td class="t err">{html.escape(r.get("skipped", ""))}</td>'
+        ]
+    ex = r["examples"][0] if r.get("examples") else None
+    example = (
+        f"{_short(ex['text'])}<br>→ {_short(ex['perturbed'])}<br>"
+        f"<span class='muted'>{html.escape(ex['clean_pred'])} → "
+        f"{html.escape(ex['perturbed_pred'])} (gold {html.escape(ex['gold'])})</span>"
+        if ex
+        else ""
+    )
+    return [
+        f'<td class="t">{html.escape(r.get("description", pname))}</td>',
+        _e(r["accuracy"]),
+        _e(-r["drop"]),
+        f"{r['flip_rate']:.1%}",
+        f"{r['changed_share']:.1%}",
+        f'<td class="t">{example}</td>',
+    ]
+
+
+def _robustness_parts(rob: dict) -> list[str]:
+    """The robustness heading (rows, rate, seed, clean accuracy) and the perturbation table."""
+    head = (
+        f"<h3>鲁棒性 robustness</h3><p class='muted'>{rob.get('n')} rows, rate "
+        f"{rob.get('rate')}, seed {rob.get('seed')}; clean accuracy "
+        f"{_e(rob.get('clean_accuracy'))}</p>"
+    )
+    rrows = [_perturbation_row(pname, r) for pname, r in rob.get("perturbations", {}).items()]
+    table = _table(
+        ["perturbation", "accuracy", "change", "flipped", "texts changed", "a flip"], rrows
+    )
+    return [head, table]
+
+
+def _errors_parts(errors: list[dict]) -> list[str]:
+    """The most confident errors: heading and table."""
+    return [
+        "<h3>最自信的错误 most confident errors</h3>",
+        _table(
+            ["text", "gold", "predicted", "confidence"],
+            [
                 [
-                    f'<td class="t">{html.escape(r.get("description", pname))}</td>',
-                    _e(r["accuracy"]),
-                    _e(-r["drop"]),
-                    f"{r['flip_rate']:.1%}",
-                    f"{r['changed_share']:.1%}",
-                    f'<td class="t">{example}</td>',
+                    f'<td class="t">{_short(r["text"])}</td>',
+                    html.escape(str(r["gold"])),
+                    html.escape(str(r["label"])),
+                    _e(r["confidence"]),
                 ]
-            )
-        parts.append(
-            _table(
-                ["perturbation", "accuracy", "change", "flipped", "texts changed", "a flip"], rrows
-            )
-        )
+                for r in errors
+            ],
+        ),
+    ]
+
+
+def _model_section(i: int, e: dict) -> str:
+    """The section of one evaluation: metrics, figures, robustness and errors."""
+    row, m, rob = e["row"], e["metrics"], e["robustness"]
+    name = row.get("name") or m.get("model") or f"model {i + 1}"
+    parts = [f'<section id="m{i}"><h2>{html.escape(str(name))}</h2>']
+    parts.append(
+        f'<p class="muted">{html.escape(str(m.get("model", "")))} · kind '
+        f"{html.escape(str(m.get('kind', '')))} · {m.get('n', '')} {html.escape(str(m.get('split', '')))} rows</p>"
+    )
+    parts += _tables(e)
+    parts.append(_figures(e["dir"]))
+    if rob:
+        parts += _robustness_parts(rob)
     if e["errors"]:
-        parts.append("<h3>最自信的错误 most confident errors</h3>")
-        parts.append(
-            _table(
-                ["text", "gold", "predicted", "confidence"],
-                [
-                    [
-                        f'<td class="t">{_short(r["text"])}</td>',
-                        html.escape(str(r["gold"])),
-                        html.escape(str(r["label"])),
-                        _e(r["confidence"]),
-                    ]
-                    for r in e["errors"]
-                ],
-            )
-        )
+        parts += _errors_parts(e["errors"])
     parts.append("</section>")
     return "\n".join(parts)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -12,8 +13,12 @@ from zhtune.errors import ZhtuneError
 from zhtune.evaluation.metrics import classification_metrics
 from zhtune.runs import prediction_rows, write_json, write_jsonl
 
+if TYPE_CHECKING:
+    from zhtune.classifier import Classifier
+
 
 def check_labels(model_labels: list[str], data_labels: list[str], where: str = "") -> None:
+    """ZhtuneError unless the model and the data have the same labels in the same order."""
     if list(model_labels) != list(data_labels):
         raise ZhtuneError(
             f"{where + ': ' if where else ''}the model's labels {list(model_labels)} differ from the "
@@ -29,7 +34,9 @@ def dir_size(
     return sum(f.stat().st_size for pat in patterns for f in p.glob(pat))
 
 
-def score(clf, split: Split, labels: list[str], batch_size: int = 64) -> tuple[dict, np.ndarray]:
+def score(
+    clf: Classifier, split: Split, labels: list[str], batch_size: int = 64
+) -> tuple[dict, np.ndarray]:
     """Metrics (plus texts/s) and probabilities of ``clf`` on ``split``."""
     check_labels(clf.labels, labels)
     t = time.perf_counter()
@@ -42,9 +49,10 @@ def score(clf, split: Split, labels: list[str], batch_size: int = 64) -> tuple[d
 
 
 def write_test_outputs(
-    clf,
+    clf: Classifier,
     splits: Splits,
     out: str | Path,
+    *,
     extra: dict | None = None,
     split: str = "test",
     batch_size: int = 64,

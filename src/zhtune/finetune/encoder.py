@@ -144,7 +144,7 @@ def build_model(cfg: FinetuneConfig, labels: list[str], tokenizer: Any):
     label2id = {name: i for i, name in id2label.items()}
     seed_everything(cfg.seed)  # the classifier head (and a scratch model) start the same
     if cfg.scratch_model:
-        config = RobertaConfig(
+        config: Any = RobertaConfig(  # type: ignore[call-arg]
             vocab_size=vocab_rows(tokenizer),
             hidden_size=cfg.hidden_size,
             num_hidden_layers=cfg.num_hidden_layers,

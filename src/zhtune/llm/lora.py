@@ -110,10 +110,11 @@ def build_model(cfg: LlmConfig, labels: list[str], tokenizer: Any, splits: Any):
                              cfg.word_agg, cfg.max_length)  # fmt: skip
     seed_everything(cfg.seed)  # the new head and the LoRA matrices start the same
     base = load_base(cfg.model, cfg.mode, tokenizer, labels, qlora=cfg.qlora)
-    lora = dict(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
+    lora: dict[str, Any] = dict(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
                 target_modules=cfg.target_modules, qlora=cfg.qlora,
                 gradient_checkpointing=cfg.gradient_checkpointing)  # fmt: skip
     lmap = splits.label_map
+    model: Any
     if scorer is None:
         if cfg.freeze_base:
             model = HeadOnlyModel(freeze_all_but_head(base, cfg.gradient_checkpointing))
@@ -280,11 +281,15 @@ def run_llm_branch(
     data = {f.name: getattr(data_cfg, f.name) for f in dataclasses.fields(DataConfig)}
     data["max_train_samples"] = data["max_train_samples"] or max_train_samples
     data["max_eval_samples"] = data["max_eval_samples"] or max_eval_samples
-    common = dict(model=base_model, num_train_epochs=epochs, batch_size=16, learning_rate=2e-3,
+    common: dict[str, Any] = dict(model=base_model, num_train_epochs=epochs, batch_size=16, learning_rate=2e-3,
                   max_length=96, eval_every=0.5, warmup_ratio=0.0, progress=False,
                   report_to="none", **data)  # fmt: skip
     rows = []
-    for name, kw in (("lora-head", {"mode": "head"}), ("lora-scoring", {"mode": "scoring"})):
+    modes: tuple[tuple[str, dict[str, Any]], ...] = (
+        ("lora-head", {"mode": "head"}),
+        ("lora-scoring", {"mode": "scoring"}),
+    )
+    for name, kw in modes:
         log.info("LLM branch: %s", name)
         rows.append(run_lora(LlmConfig(**common, **kw), out / name))
     log.info("LLM branch: zero-shot")

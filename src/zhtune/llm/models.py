@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -241,7 +241,9 @@ class TrainableState(torch.nn.Module):
     def trainable_names(self) -> list[str]:
         return [n for n, p in self.named_parameters() if p.requires_grad]
 
-    def state_dict(self, *args: Any, prefix: str = "", **kwargs: Any) -> dict[str, torch.Tensor]:
+    def state_dict(  # type: ignore[override]
+        self, *args: Any, prefix: str = "", **kwargs: Any
+    ) -> dict[str, Any]:
         # read the trainable parameters directly: the full state dict would serialise (and,
         # for bitsandbytes 4-bit layers on CPU, repack) every frozen base weight
         return {
@@ -250,7 +252,9 @@ class TrainableState(torch.nn.Module):
             if p.requires_grad
         }
 
-    def load_state_dict(self, state_dict: dict, strict: bool = True, assign: bool = False):
+    def load_state_dict(
+        self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False
+    ):
         from torch.nn.modules.module import _IncompatibleKeys
 
         names = set(self.trainable_names())

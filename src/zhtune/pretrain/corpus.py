@@ -15,14 +15,18 @@ import json
 import logging
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from zhtune.data.builtin import load_builtin
 from zhtune.data.readers import BadRows, read_file, read_folder
+
+if TYPE_CHECKING:
+    from multiprocessing.pool import Pool
 
 log = logging.getLogger("zhtune")
 CACHE_VERSION = 1
@@ -41,6 +45,7 @@ class Chunks:
 
     @property
     def lengths(self) -> np.ndarray:
+        """Tokens per chunk, (N_chunks,)."""
         return np.diff(self.starts)
 
     def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
@@ -48,6 +53,7 @@ class Chunks:
         return self.ids[s:e], self.wids[s:e]
 
     def subset(self, index: np.ndarray) -> Chunks:
+        """The chunks at ``index``, in that order, as a new ``Chunks``."""
         parts = [
             (self.ids[s:e], self.wids[s:e])
             for s, e in ((self.starts[i], self.starts[i + 1]) for i in index)
@@ -56,11 +62,15 @@ class Chunks:
 
     @staticmethod
     def from_list(parts: list[tuple[np.ndarray, np.ndarray]]) -> Chunks:
+        """Store ``(ids, word_ids)`` pairs flat."""
         starts = np.zeros(len(parts) + 1, dtype=np.int64)
         starts[1:] = np.cumsum([len(p[0]) for p in parts])
-        cat = (lambda k: np.concatenate([p[k] for p in parts]).astype(np.int32)) if parts else None
-        empty = np.zeros(0, dtype=np.int32)
-        return Chunks(cat(0) if parts else empty, cat(1) if parts else empty, starts)
+        if not parts:
+            empty = np.zeros(0, dtype=np.int32)
+            return Chunks(empty, empty, starts)
+        ids = np.concatenate([p[0] for p in parts]).astype(np.int32)
+        wids = np.concatenate([p[1] for p in parts]).astype(np.int32)
+        return Chunks(ids, wids, starts)
 
 
 # --- reading ------------------------------------------------------------------------------
@@ -142,6 +152,7 @@ _worker_tok = None
 
 
 def _init_worker(tokenizer_path: str | None) -> None:
+    """Load the tokenizer once per worker process."""
     global _worker_tok
     from zhtune.text import load_tokenizer
 
@@ -149,6 +160,7 @@ def _init_worker(tokenizer_path: str | None) -> None:
 
 
 def _tokenize_in_worker(text: str) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`tokenize_doc` with the worker's tokenizer."""
     return tokenize_doc(text, _worker_tok)
 
 
@@ -156,6 +168,8 @@ def build_chunks(texts: list[str], tokenizer, cfg: Any) -> tuple[Chunks, dict[st
     """Tokenize, chunk and deduplicate; returns the chunks and the drop counts."""
     from tqdm.auto import tqdm
 
+    pool: Pool | None = None
+    docs: Iterator[tuple[np.ndarray, np.ndarray]]
     if cfg.num_workers > 0:
         import multiprocessing as mp
 
@@ -164,7 +178,6 @@ def build_chunks(texts: list[str], tokenizer, cfg: Any) -> tuple[Chunks, dict[st
         )
         docs = pool.imap(_tokenize_in_worker, texts, chunksize=16)
     else:
-        pool = None
         docs = (tokenize_doc(t, tokenizer) for t in texts)
     seen: set[bytes] = set()
     parts: list[tuple[np.ndarray, np.ndarray]] = []
@@ -192,6 +205,7 @@ def build_chunks(texts: list[str], tokenizer, cfg: Any) -> tuple[Chunks, dict[st
 
 # --- cache --------------------------------------------------------------------------------
 def cache_key(texts: list[str], tokenizer, max_seq_length: int) -> str:
+    """A hash of the texts, the tokenizer's vocabulary and class, and the chunk length."""
     h = hashlib.sha256()
     vocab = sorted(tokenizer.get_vocab().items())
     h.update(json.dumps([CACHE_VERSION, max_seq_length, vocab], ensure_ascii=False).encode())
@@ -203,6 +217,7 @@ def cache_key(texts: list[str], tokenizer, max_seq_length: int) -> str:
 
 
 def resolve_cache_dir(cache_dir: str | None) -> Path | None:
+    """``auto`` (``$XDG_CACHE_HOME`` or ~/.cache, then zhtune/pretrain-corpus), none, a path."""
     if cache_dir in (None, "", "none"):
         return None
     if cache_dir == "auto":
@@ -212,6 +227,7 @@ def resolve_cache_dir(cache_dir: str | None) -> Path | None:
 
 
 def _load_cached(path: Path) -> tuple[Chunks, dict] | None:
+    """The cached chunks and drop counts, or None (missing or broken cache)."""
     meta = path.with_suffix(".json")
     if not (path.is_file() and meta.is_file()):
         return None
@@ -225,6 +241,7 @@ def _load_cached(path: Path) -> tuple[Chunks, dict] | None:
 
 
 def _save_cached(path: Path, chunks: Chunks, stats: dict) -> None:
+    """Write the cache atomically; a failure only warns."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

@@ -17,8 +17,10 @@ import argparse
 import logging
 import math
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -28,7 +30,18 @@ from zhtune.config import arg, check, save_config, to_dict, validate_choices
 from zhtune.data.builtin import BUILTIN
 from zhtune.device import autocast_context, bf16_supported, resolve_device  # noqa: F401
 from zhtune.errors import ZhtuneError
+from zhtune.pretrain.model import (  # noqa: F401  (re-exported: the names tests and benchmarks use)
+    build_model,
+    evaluate,
+    make_collator,
+    make_optimizer,
+    param_counts,
+    predict_targets,
+)
 from zhtune.training.tracking import REPORT_TO, finish_run, require_single_process, start_logging
+
+if TYPE_CHECKING:
+    from zhtune.pretrain.corpus import Chunks
 
 log = logging.getLogger("zhtune")
 
@@ -177,143 +190,60 @@ class PretrainConfig:
 
 
 # --- model ------------------------------------------------------------------------------
-def build_model(cfg: PretrainConfig, tokenizer) -> torch.nn.Module:
-    """A randomly initialised standard HF model (seeded by ``cfg.seed``)."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM, RobertaConfig, RobertaForMaskedLM
-
-    torch.manual_seed(cfg.seed)
-    # positions beyond max_seq_length stay untrained but let fine-tuning use up to 512 tokens
-    positions = max(cfg.max_seq_length, 512)
-    ids = {
-        "pad_token_id": tokenizer.pad_token_id,
-        "bos_token_id": tokenizer.cls_token_id,
-        "eos_token_id": tokenizer.sep_token_id,
-    }
-    if cfg.arch == "roberta":
-        config = RobertaConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=cfg.hidden_size,
-            num_hidden_layers=cfg.num_hidden_layers,
-            num_attention_heads=cfg.num_heads,
-            intermediate_size=cfg.intermediate_size,
-            hidden_dropout_prob=cfg.dropout,
-            attention_probs_dropout_prob=cfg.dropout,
-            # RoBERTa numbers positions from pad_token_id + 1
-            max_position_embeddings=positions + tokenizer.pad_token_id + 1,
-            type_vocab_size=cfg.type_vocab_size,
-            **ids,
-        )
-        return RobertaForMaskedLM(config)
-    config = Qwen2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=cfg.hidden_size,
-        intermediate_size=cfg.intermediate_size,
-        num_hidden_layers=cfg.num_hidden_layers,
-        num_attention_heads=cfg.num_heads,
-        num_key_value_heads=cfg.num_heads,
-        max_position_embeddings=positions,
-        tie_word_embeddings=True,
-        attention_dropout=cfg.dropout,
-        use_cache=True,
-        **ids,
-    )
-    return Qwen2ForCausalLM(config)
-
-
-def predict_targets(model, batch: dict, objective: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits and targets at the positions that are scored, and only there.
-
-    MLM: the encoder runs on the whole batch; the LM head (dense, gelu, norm, vocabulary
-    projection) only on the M masked positions. CLM: the head only on positions whose next
-    token is real (not padding). Returns logits (M, V) and targets (M,).
-    """
-    input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]  # (B, T)
-    if objective == "mlm":
-        hidden = model.roberta(input_ids=input_ids, attention_mask=attention_mask)[0]  # (B, T, H)
-        scored = batch["labels"] != -100  # (B, T), True at masked positions
-        logits = model.lm_head(hidden[scored])  # (M, H) -> (M, V)
-        return logits, batch["labels"][scored]  # (M, V), (M,)
-    hidden = model.model(input_ids=input_ids, attention_mask=attention_mask)[0]  # (B, T, H)
-    scored = attention_mask[:, 1:].bool()  # (B, T-1): position t predicts token t+1
-    logits = model.lm_head(hidden[:, :-1][scored])  # (M, H) -> (M, V)
-    return logits, input_ids[:, 1:][scored]
-
-
-def make_collator(cfg: PretrainConfig, tokenizer, seed: int):
-    from zhtune.pretrain.masking import CausalCollator, WholeWordMaskCollator
-
-    if cfg.objective == "mlm":
-        return WholeWordMaskCollator(tokenizer, cfg.mask_prob, seed=seed)
-    return CausalCollator(tokenizer, seed=seed)
-
-
-def param_counts(model) -> dict[str, int]:
-    """Total, embedding (token, position, type) and output-layer (LM head) parameters."""
-    total = sum(p.numel() for p in model.parameters())
-    emb = model.get_input_embeddings().weight.numel()
-    for name, p in model.named_parameters():
-        if "position_embeddings" in name or "token_type_embeddings" in name:
-            emb += p.numel()
-    head = 0
-    if hasattr(model, "lm_head"):
-        tied = {id(model.get_input_embeddings().weight)}
-        head = sum(p.numel() for p in model.lm_head.parameters() if id(p) not in tied)
-    return {
-        "total": total,
-        "embedding": emb,
-        "lm_head_extra": head,
-        "non_embedding": total - emb - head,
-    }
-
-
-# --- evaluation -------------------------------------------------------------------------
-@torch.no_grad()
-def evaluate(model, chunks, cfg: PretrainConfig, tokenizer, device, autocast) -> dict:
-    """Held-out loss, accuracy (argmax == target) and perplexity; masks are seeded, so the
-    same chunks are scored the same way every time."""
-    from zhtune.pretrain.corpus import batch_order
-
-    if len(chunks) == 0:
-        return {}
-    was_training = model.training
-    model.eval()
-    collate = make_collator(cfg, tokenizer, seed=cfg.seed + 1)
-    loss_sum, correct, n = 0.0, 0, 0
-    for idx in batch_order(chunks.lengths, cfg.batch_size, cfg.seed, 0, group_by_length=True):
-        batch = {k: v.to(device) for k, v in collate([chunks[i] for i in idx]).items()}
-        with autocast():
-            logits, target = predict_targets(model, batch, cfg.objective)
-        loss_sum += F.cross_entropy(logits.float(), target, reduction="sum").item()
-        correct += int((logits.argmax(-1) == target).sum())
-        n += target.numel()
-    model.train(was_training)
-    loss = loss_sum / max(n, 1)
-    return {
-        "eval_loss": round(loss, 5),
-        "eval_accuracy": round(correct / max(n, 1), 5),
-        "perplexity": round(math.exp(min(loss, 50.0)), 3),
-        "eval_predicted_tokens": n,
-    }
-
-
-# --- training ---------------------------------------------------------------------------
 @dataclass
 class PretrainResult:
+    """What :func:`run_pretrain` returns: the model, its tokenizer, metrics and history."""
+
     model: torch.nn.Module
     tokenizer: object
     metrics: dict
     history: list[dict]
 
 
-def make_optimizer(model, cfg: PretrainConfig) -> torch.optim.Optimizer:
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
-    groups = [
-        {"params": decay, "weight_decay": cfg.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(groups, lr=cfg.learning_rate, eps=cfg.adam_epsilon)
+@dataclass
+class PretrainRun:
+    """What a run sets up once (:func:`_setup`) and the loop then uses unchanged."""
+
+    cfg: PretrainConfig
+    out: Path  # the run directory
+    tokenizer: Any
+    train: Chunks
+    held_out: Chunks
+    report: dict  # the data report (data.json)
+    device: torch.device
+    autocast: Callable[[], Any]  # a factory of autocast (bf16) or null (fp32) contexts
+    precision: str
+    model: Any  # RobertaForMaskedLM / Qwen2ForCausalLM
+    counts: dict[str, int]  # param_counts(model)
+    steps_per_epoch: int
+    total: int  # planned optimizer steps
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    collate: Any  # WholeWordMaskCollator / CausalCollator
+    budget: float | None  # training seconds allowed (max_minutes), across resumes
+    clock: dict[str, float]  # {"seconds": training seconds so far}, read by the schedule
+
+
+@dataclass
+class PretrainState:
+    """Where training stands: what a checkpoint saves and a resume restores."""
+
+    step: int = 0  # optimizer steps done
+    epoch: int = 0
+    consumed: int = 0  # batches of this epoch done
+    history: list[dict] = field(default_factory=list)  # the history.jsonl rows so far
+    prev_seconds: float = 0.0  # training seconds before this process started (resume)
+    stopped: str | None = None  # why the time budget ended training, if it did
+
+
+@dataclass
+class _Window:
+    """The steps since the last history row."""
+
+    start: float  # time.perf_counter() when the window began
+    loss: float = 0.0  # summed over its steps
+    steps: int = 0
+    tokens: int = 0  # real (non-padding) tokens
 
 
 def _schedule(warmup: int, total: int, budget_seconds: float | None, clock: dict):
@@ -350,21 +280,22 @@ def run_pretrain(
 ) -> PretrainResult:
     """Pretrain and write the run directory. ``_stop_after`` (tests) simulates an interruption:
     the loop ends after that step, right after saving its checkpoint, without final outputs."""
-    from tqdm.auto import tqdm
-
-    from zhtune.pretrain.corpus import batch_order, load_corpus
-    from zhtune.runs import prepare_out_dir, write_json
-    from zhtune.text import load_tokenizer
-    from zhtune.training.checkpoints import (
-        check_resumable,
-        load_checkpoint,
-        resolve_resume,
-        save_checkpoint,
-    )
-
     require_single_process("zhtune pretrain")  # no DDP in this loop yet (docs/scaling.md)
-    out = prepare_out_dir(out)
-    save_config(cfg, out)
+    run = _setup(cfg, out)
+    state = _resume(run)
+    _log_plan(run)
+    train_seconds = _train(run, state, _stop_after)
+    if train_seconds is None:  # interrupted by _stop_after
+        return PretrainResult(run.model, run.tokenizer, {}, state.history)
+    return _finish(run, state, train_seconds)
+
+
+def _load_data(cfg: PretrainConfig, out: Path) -> tuple[Any, Chunks, Chunks, dict]:
+    """The tokenizer, the train and held-out chunks and the data report (``data.json``)."""
+    from zhtune.pretrain.corpus import load_corpus
+    from zhtune.runs import write_json
+    from zhtune.text import load_tokenizer
+
     tokenizer = load_tokenizer(cfg.tokenizer_path)
     train, held_out, report = load_corpus(cfg, tokenizer)
     log.info(
@@ -376,14 +307,23 @@ def run_pretrain(
     if len(train) == 0:
         raise ZhtuneError("the corpus has no training chunks; give more text")
     write_json(out / "data.json", report)
+    return tokenizer, train, held_out, report
+
+
+def _setup(cfg: PretrainConfig, out: str | Path) -> PretrainRun:
+    """Run directory, data, a fresh model, optimizer, learning-rate schedule and collator."""
+    from zhtune.runs import prepare_out_dir
+
+    out_dir = prepare_out_dir(out)
+    save_config(cfg, out_dir)
+    tokenizer, train, held_out, report = _load_data(cfg, out_dir)
 
     device = resolve_device(cfg.device)
     autocast, precision = autocast_context(cfg.precision, device)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    model = build_model(cfg, tokenizer).to(device)
+    model = build_model(cfg, tokenizer).to(device)  # seeded by cfg.seed
     model.train()
-    counts = param_counts(model)
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     total = cfg.max_steps or max(1, math.ceil(cfg.num_train_epochs * steps_per_epoch))
     optimizer = make_optimizer(model, cfg)
@@ -393,104 +333,166 @@ def run_pretrain(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     collate = make_collator(cfg, tokenizer, seed=cfg.seed)
     torch.manual_seed(cfg.seed)  # dropout
+    return PretrainRun(
+        cfg=cfg, out=out_dir, tokenizer=tokenizer, train=train, held_out=held_out, report=report,
+        device=device, autocast=autocast, precision=precision, model=model,
+        counts=param_counts(model), steps_per_epoch=steps_per_epoch, total=total,
+        optimizer=optimizer, scheduler=scheduler, collate=collate, budget=budget, clock=clock,
+    )  # fmt: skip
 
-    step, epoch, consumed, history, prev_seconds = 0, 0, 0, [], 0.0
-    ckpt = resolve_resume(cfg.resume_from_checkpoint, out / "checkpoints")
-    if ckpt is not None:
-        check_resumable(ckpt, to_dict(cfg), report["corpus_key"], RESUME_MUST_MATCH)
-        rng, state = load_checkpoint(ckpt, model, optimizer, scheduler)
-        torch.set_rng_state(rng["torch"])
-        collate.generator.set_state(rng["mask"])
-        if "cuda" in rng and device.type == "cuda":
-            torch.cuda.set_rng_state(rng["cuda"])
-        step, epoch, consumed = state["step"], state["epoch"], state["consumed"]
-        history, prev_seconds = state["history"], state["train_seconds"]
-        log.info("resuming from %s (step %d, epoch %d, batch %d)", ckpt, step, epoch, consumed)
 
-    def checkpoint(seconds: float) -> Path:
-        rng = {"torch": torch.get_rng_state(), "mask": collate.generator.get_state()}
-        if device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state()
-        state = {"epoch": epoch, "consumed": consumed, "history": history, "train_seconds": seconds,
-                 "corpus_key": report["corpus_key"], "config": to_dict(cfg)}  # fmt: skip
-        return save_checkpoint(
-            out / "checkpoints", step, model, optimizer, scheduler, rng, state, cfg.save_total_limit
-        )
+def _resume(run: PretrainRun) -> PretrainState:
+    """A fresh state, or the checkpoint's: model, optimizer, scheduler and random states are
+    restored in place (``resume_from_checkpoint``: auto, none or a path)."""
+    from zhtune.training.checkpoints import check_resumable, load_checkpoint, resolve_resume
 
+    cfg = run.cfg
+    ckpt = resolve_resume(cfg.resume_from_checkpoint, run.out / "checkpoints")
+    if ckpt is None:
+        return PretrainState()
+    check_resumable(ckpt, to_dict(cfg), run.report["corpus_key"], RESUME_MUST_MATCH)
+    rng, saved = load_checkpoint(ckpt, run.model, run.optimizer, run.scheduler)
+    torch.set_rng_state(rng["torch"])
+    run.collate.generator.set_state(rng["mask"])
+    if "cuda" in rng and run.device.type == "cuda":
+        torch.cuda.set_rng_state(rng["cuda"])
+    state = PretrainState(
+        step=saved["step"], epoch=saved["epoch"], consumed=saved["consumed"],
+        history=saved["history"], prev_seconds=saved["train_seconds"],
+    )  # fmt: skip
+    log.info(
+        "resuming from %s (step %d, epoch %d, batch %d)",
+        ckpt, state.step, state.epoch, state.consumed,
+    )  # fmt: skip
+    return state
+
+
+def _checkpoint(run: PretrainRun, state: PretrainState, seconds: float) -> Path:
+    """Save model, optimizer, scheduler, random states and ``state`` as checkpoints/step-N."""
+    from zhtune.training.checkpoints import save_checkpoint
+
+    rng = {"torch": torch.get_rng_state(), "mask": run.collate.generator.get_state()}
+    if run.device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state()
+    saved = {"epoch": state.epoch, "consumed": state.consumed, "history": state.history,
+             "train_seconds": seconds, "corpus_key": run.report["corpus_key"],
+             "config": to_dict(run.cfg)}  # fmt: skip
+    return save_checkpoint(run.out / "checkpoints", state.step, run.model, run.optimizer,
+                           run.scheduler, rng, saved, run.cfg.save_total_limit)  # fmt: skip
+
+
+def _log_plan(run: PretrainRun) -> None:
+    """One log line: model, size, steps, batch, precision and device."""
+    cfg, counts = run.cfg, run.counts
     log.info(
         "%s %s: %.2fM parameters (%.2fM non-embedding), %d steps (%d per epoch), batch %d, %s on %s",
-        cfg.objective, cfg.arch, counts["total"] / 1e6, counts["non_embedding"] / 1e6, total,
-        steps_per_epoch, cfg.batch_size, precision, device,
+        cfg.objective, cfg.arch, counts["total"] / 1e6, counts["non_embedding"] / 1e6, run.total,
+        run.steps_per_epoch, cfg.batch_size, run.precision, run.device,
     )  # fmt: skip
-    tracker = start_logging(cfg.report_to, out, to_dict(cfg))  # status.json, TensorBoard/MLflow
-    lengths = train.lengths
-    order = batch_order(lengths, cfg.batch_size, cfg.seed, epoch, cfg.group_by_length)
-    bar = tqdm(
-        total=total, initial=step, desc=f"pretrain ({cfg.objective})", unit="step", disable=None
-    )
+
+
+def _train(run: PretrainRun, state: PretrainState, stop_after: int | None) -> float | None:
+    """The training loop, from ``state`` to ``run.total`` steps or the time budget.
+
+    Returns the training seconds (across resumes), or None when ``stop_after`` ended it."""
+    from tqdm.auto import tqdm
+
+    from zhtune.pretrain.corpus import batch_order
+
+    cfg, train, lengths = run.cfg, run.train, run.train.lengths
+    tracker = start_logging(cfg.report_to, run.out, to_dict(cfg))  # status.json, TensorBoard/MLflow
+    order = batch_order(lengths, cfg.batch_size, cfg.seed, state.epoch, cfg.group_by_length)
+    desc = f"pretrain ({cfg.objective})"
+    bar = tqdm(total=run.total, initial=state.step, desc=desc, unit="step", disable=None)
     t_start = time.perf_counter()
-    t_window, win_loss, win_steps, win_tokens, stopped = t_start, 0.0, 0, 0, None
-    while step < total:
-        if budget and prev_seconds + time.perf_counter() - t_start >= budget:
-            stopped = f"time budget of {cfg.max_minutes} minutes reached at step {step}/{total}"
-            log.info("%s: training ends here (the learning rate has decayed to 0)", stopped)
+
+    def seconds() -> float:  # training seconds so far, across resumes
+        return state.prev_seconds + time.perf_counter() - t_start
+
+    window = _Window(t_start)
+    while state.step < run.total:
+        if run.budget is not None and seconds() >= run.budget:
+            state.stopped = (
+                f"time budget of {cfg.max_minutes} minutes reached at step {state.step}/{run.total}"
+            )
+            log.info("%s: training ends here (the learning rate has decayed to 0)", state.stopped)
             break
-        if consumed >= len(order):  # next epoch
-            epoch, consumed = epoch + 1, 0
-            order = batch_order(lengths, cfg.batch_size, cfg.seed, epoch, cfg.group_by_length)
-        batch = collate([train[i] for i in order[consumed]])
-        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}  # each (B, T)
-        clock["seconds"] = prev_seconds + time.perf_counter() - t_start  # for the schedule
-        lr = optimizer.param_groups[0]["lr"]
-        loss = train_step(model, batch, optimizer, scheduler, cfg, autocast)
-        step, consumed = step + 1, consumed + 1
-        win_loss, win_steps = win_loss + loss, win_steps + 1
-        win_tokens += int(batch["attention_mask"].sum())
-        out_of_time = bool(budget) and prev_seconds + time.perf_counter() - t_start >= budget
-        if step % cfg.log_steps == 0 or step == total or out_of_time:  # (the loop ends next)
-            now = time.perf_counter()
-            row = {
-                "step": step,
-                "epoch": round(epoch + consumed / len(order), 4),
-                "loss": round(win_loss / win_steps, 6),
-                "learning_rate": lr,
-                "tokens_per_second": round(win_tokens / max(now - t_window, 1e-9), 1),
-                "elapsed_seconds": round(prev_seconds + now - t_start, 2),
-            }
-            history.append(row)
-            tracker.log(row, step)
-            bar.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{row['tokens_per_second']:.0f}")
-            if bar.disable:
-                log.info(
-                    "step %d/%d loss %.4f lr %.2e %.0f tokens/s",
-                    step,
-                    total,
-                    row["loss"],
-                    lr,
-                    row["tokens_per_second"],
-                )
-            t_window, win_loss, win_steps, win_tokens = now, 0.0, 0, 0
+        if state.consumed >= len(order):  # next epoch
+            state.epoch, state.consumed = state.epoch + 1, 0
+            order = batch_order(lengths, cfg.batch_size, cfg.seed, state.epoch, cfg.group_by_length)
+        # B chunks -> input_ids, attention_mask (and mlm labels), each padded to (B, T)
+        batch = run.collate([train[i] for i in order[state.consumed]])
+        batch = {k: v.to(run.device, non_blocking=True) for k, v in batch.items()}
+        run.clock["seconds"] = seconds()  # for the schedule
+        lr = run.optimizer.param_groups[0]["lr"]
+        loss = train_step(run.model, batch, run.optimizer, run.scheduler, cfg, run.autocast)
+        state.step, state.consumed = state.step + 1, state.consumed + 1
+        window.loss, window.steps = window.loss + loss, window.steps + 1
+        window.tokens += int(batch["attention_mask"].sum())  # (B, T) -> real tokens
+        out_of_time = run.budget is not None and seconds() >= run.budget
+        if state.step % cfg.log_steps == 0 or state.step == run.total or out_of_time:
+            now = time.perf_counter()  # (out of time: the loop ends next)
+            elapsed = state.prev_seconds + now - t_start
+            row = _history_row(
+                state, window, lr=lr, epoch_batches=len(order), now=now, elapsed=elapsed
+            )
+            state.history.append(row)
+            tracker.log(row, state.step)
+            _show_row(bar, row, run.total)
+            window = _Window(now)
         bar.update(1)
-        if cfg.save_steps and step % cfg.save_steps == 0:
-            checkpoint(prev_seconds + time.perf_counter() - t_start)
-        if _stop_after is not None and step >= _stop_after:
+        if cfg.save_steps and state.step % cfg.save_steps == 0:
+            _checkpoint(run, state, seconds())
+        if stop_after is not None and state.step >= stop_after:
             bar.close()
             tracker.close()
-            return PretrainResult(model, tokenizer, {}, history)
+            return None
     bar.close()
     tracker.close()
-    train_seconds = prev_seconds + time.perf_counter() - t_start
-    return _finish(cfg, out, model, tokenizer, held_out, report, history, counts, step, total,
-                   train_seconds, stopped, device, autocast, precision)  # fmt: skip
+    return seconds()
 
 
-def _finish(cfg, out, model, tokenizer, held_out, report, history, counts, step, total,
-            train_seconds, stopped, device, autocast, precision) -> PretrainResult:  # fmt: skip
+def _history_row(
+    state: PretrainState,
+    window: _Window,
+    *,
+    lr: float,
+    epoch_batches: int,
+    now: float,
+    elapsed: float,
+) -> dict:
+    """One history.jsonl row: the window's mean loss and tokens/s at ``state.step``."""
+    return {
+        "step": state.step,
+        "epoch": round(state.epoch + state.consumed / epoch_batches, 4),
+        "loss": round(window.loss / window.steps, 6),
+        "learning_rate": lr,
+        "tokens_per_second": round(window.tokens / max(now - window.start, 1e-9), 1),
+        "elapsed_seconds": round(elapsed, 2),
+    }
+
+
+def _show_row(bar: Any, row: dict, total: int) -> None:
+    """The row on the progress bar, or as a log line where the bar is off."""
+    bar.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{row['tokens_per_second']:.0f}")
+    if bar.disable:
+        log.info(
+            "step %d/%d loss %.4f lr %.2e %.0f tokens/s",
+            row["step"],
+            total,
+            row["loss"],
+            row["learning_rate"],
+            row["tokens_per_second"],
+        )
+
+
+def _finish(run: PretrainRun, state: PretrainState, train_seconds: float) -> PretrainResult:
     """Evaluate on the held-out chunks and write the model directory and the run files."""
     from zhtune.plots import curves_png
     from zhtune.runs import write_json, write_jsonl, write_manifest
 
-    scores = evaluate(model, held_out, cfg, tokenizer, device, autocast)
+    cfg, out, model, tokenizer, history = run.cfg, run.out, run.model, run.tokenizer, state.history
+    scores = evaluate(model, run.held_out, cfg, tokenizer, run.device, run.autocast)
     log.info("held-out: %s", scores)
     model.eval()
     if cfg.objective == "clm":  # [CLS] text [SEP]: [SEP] ends a text, [PAD] pads
@@ -504,23 +506,7 @@ def _finish(cfg, out, model, tokenizer, held_out, report, history, counts, step,
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     write_jsonl(out / "history.jsonl", history)
-    tps = [r["tokens_per_second"] for r in history]
-    metrics = {
-        "model": f"pretrained-{cfg.objective}",
-        "objective": cfg.objective,
-        "arch": cfg.arch,
-        **scores,
-        "steps": step,
-        "planned_steps": total,
-        "stopped_by_time_budget": stopped,
-        "final_train_loss": history[-1]["loss"] if history else None,
-        "train_seconds": round(train_seconds, 2),
-        "tokens_per_second": round(float(np.median(tps)), 1) if tps else None,
-        "precision": precision,
-        "device": str(device),
-        "parameters": counts,
-        "data": report,
-    }
+    metrics = _final_metrics(run, state, scores, train_seconds)
     write_json(out / "metrics.json", metrics)
     if history:
         curves_png(
@@ -542,8 +528,33 @@ def _finish(cfg, out, model, tokenizer, held_out, report, history, counts, step,
     return PretrainResult(model, tokenizer, metrics, history)
 
 
+def _final_metrics(
+    run: PretrainRun, state: PretrainState, scores: dict, train_seconds: float
+) -> dict:
+    """``metrics.json``: held-out scores, steps, speed, precision, parameters, data report."""
+    cfg, history = run.cfg, state.history
+    tps = [r["tokens_per_second"] for r in history]
+    return {
+        "model": f"pretrained-{cfg.objective}",
+        "objective": cfg.objective,
+        "arch": cfg.arch,
+        **scores,
+        "steps": state.step,
+        "planned_steps": run.total,
+        "stopped_by_time_budget": state.stopped,
+        "final_train_loss": history[-1]["loss"] if history else None,
+        "train_seconds": round(train_seconds, 2),
+        "tokens_per_second": round(float(np.median(tps)), 1) if tps else None,
+        "precision": run.precision,
+        "device": str(run.device),
+        "parameters": run.counts,
+        "data": run.report,
+    }
+
+
 # --- CLI --------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``zhtune pretrain`` options: ``--out`` and every PretrainConfig field."""
     from zhtune.config import add_config_args
 
     parser.add_argument(
@@ -553,6 +564,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_cli(ns: argparse.Namespace) -> int:
+    """``zhtune pretrain``: train, then print the headline numbers."""
     from zhtune.config import config_from_args
 
     cfg = config_from_args(PretrainConfig, ns)

@@ -31,7 +31,7 @@ def encode_words(text: str, tokenizer, words: list[str] | None = None, max_lengt
     return np.asarray(ids, dtype=np.int64), compact_word_ids(wids)
 
 
-def compact_word_ids(wids: Sequence[int | None]) -> np.ndarray:
+def compact_word_ids(wids: Sequence[int | None] | np.ndarray) -> np.ndarray:
     """Renumber word ids to 0..W-1 (any order); ``None`` and negatives become -1."""
     if isinstance(wids, np.ndarray):
         arr = wids.astype(np.int64)

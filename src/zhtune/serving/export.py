@@ -20,6 +20,7 @@ import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -28,6 +29,11 @@ from zhtune.errors import ModelLoadError, ZhtuneError
 from zhtune.probs import softmax
 from zhtune.runs import prepare_out_dir, read_manifest, write_json, write_manifest
 from zhtune.serving.encoder import encode_batches
+
+if TYPE_CHECKING:
+    from zhtune.classifier import Classifier
+    from zhtune.data import DataConfig, Splits
+    from zhtune.serving.encoder import EncoderBackend
 
 log = logging.getLogger("zhtune")
 
@@ -52,7 +58,7 @@ SAMPLE_TEXTS = [
 class OnnxBackend:
     """An onnxruntime session + tokenizer; same length-sorted batching as ``EncoderBackend``."""
 
-    def __init__(self, session, tokenizer, labels: list[str], max_length: int) -> None:
+    def __init__(self, session: Any, tokenizer: Any, labels: list[str], max_length: int) -> None:
         self.session = session
         self.tokenizer = tokenizer
         self.labels = list(labels)
@@ -61,8 +67,9 @@ class OnnxBackend:
 
     @classmethod
     def from_file(
-        cls, onnx_path: Path, tokenizer, labels: list[str], max_length: int
+        cls, onnx_path: Path, tokenizer: Any, labels: list[str], max_length: int
     ) -> OnnxBackend:
+        """A CPU onnxruntime session on ``onnx_path``; ModelLoadError when it cannot load."""
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -79,6 +86,7 @@ class OnnxBackend:
         return cls(session, tokenizer, labels, max_length)
 
     def predict_logits(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
+        """Logits ``(len(texts), n_labels)``, in the order of ``texts``."""
         out = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
         for idx, feed in encode_batches(
             self.tokenizer, texts, batch_size, self.max_length, self.input_names
@@ -87,6 +95,7 @@ class OnnxBackend:
         return out
 
     def predict_proba(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
+        """Class probabilities ``(len(texts), n_labels)``."""
         return softmax(self.predict_logits(texts, batch_size))
 
 
@@ -114,7 +123,7 @@ def load_backend(
 
 
 # --- export ----------------------------------------------------------------------------------
-def export_onnx(backend, out_file: Path, opset: int = 17) -> None:
+def export_onnx(backend: EncoderBackend, out_file: Path, opset: int = 17) -> None:
     """Trace the PyTorch model (eager attention, dynamic batch and sequence axes) to ONNX."""
     import torch
 
@@ -144,7 +153,7 @@ def export_onnx(backend, out_file: Path, opset: int = 17) -> None:
         )
 
 
-def optimize_bert(path: Path, model_config) -> bool:
+def optimize_bert(path: Path, model_config: Any) -> bool:
     """Fuse attention / LayerNorm / GELU with onnxruntime's transformer optimizer (in place).
 
     Returns False (and leaves the file as it was) when the model type is not supported."""
@@ -196,25 +205,76 @@ def quantize_onnx_int8(src: Path, dst: Path) -> None:
 
 
 def accuracy(probs: np.ndarray, gold: Sequence[int]) -> float:
+    """Percent of rows whose most probable class is the gold one."""
     return float(np.mean(probs.argmax(axis=1) == np.asarray(gold)) * 100.0)
 
 
+@dataclasses.dataclass
+class ExportOptions:
+    """How :func:`run_export` exports and checks (the ``zhtune export`` flags)."""
+
+    int8: bool = False  # also quantize to dynamic int8, and use that file
+    data: DataConfig | None = None  # labelled data for the parity texts and dev accuracy
+    opset: int = 17
+    optimize: bool = True  # onnxruntime's transformer graph fusions
+    max_length: int | None = None  # max tokens per text (None: the model's)
+    tolerance: float = 1e-4  # max |Δprobability| fp32 ONNX vs PyTorch
+    max_accuracy_drop: float = 0.5  # max dev accuracy drop of int8 vs fp32, in points
+    batch_size: int = 32  # texts per batch for the accuracy checks
+
+
 def run_export(
-    model: str,
-    out: str | Path,
-    int8: bool = False,
-    data=None,
-    opset: int = 17,
-    optimize: bool = True,
-    max_length: int | None = None,
-    tolerance: float = 1e-4,
-    max_accuracy_drop: float = 0.5,
-    batch_size: int = 32,
+    model: str, out: str | Path, options: ExportOptions | None = None, **kwargs: Any
 ) -> dict:
-    """Export ``model`` to ``out`` and check it. ``data`` is a DataConfig (or None).
+    """Export ``model`` to ``out`` and check it. ``options`` (or keyword arguments naming
+    :class:`ExportOptions` fields, which override it) say how.
 
     Returns the report also written to ``out/export.json``; raises ZhtuneError when a check
     fails (then ``out`` has no ``zhtune.json``)."""
+    opts = dataclasses.replace(options if options is not None else ExportOptions(), **kwargs)
+    src, backend = _load_encoder(model, opts.max_length)
+    out = prepare_out_dir(out)
+    if (out / "zhtune.json").exists():
+        (out / "zhtune.json").unlink()  # re-export: no old manifest next to new files
+    fp32, q8 = out / FP32_FILE, out / INT8_FILE
+    report: dict = {"source": str(model), "opset": opts.opset, "max_length": backend.max_length}
+    _export_fp32(backend, out, opts, report)
+    labels = list(backend.labels)
+    onnx32 = OnnxBackend.from_file(fp32, backend.tokenizer, labels, backend.max_length)
+    splits = _load_data(opts.data)
+    # 1. fp32 parity on sample texts
+    sample = list(splits.dev.texts[:64]) if splits else SAMPLE_TEXTS
+    _check_parity(backend, onnx32, sample, opts.tolerance, out, report)
+    # 2. accuracy on the dev split (fp32 PyTorch, fp32 ONNX, int8 ONNX)
+    chosen = FP32_FILE
+    if opts.int8:
+        quantize_onnx_int8(fp32, q8)
+        chosen = INT8_FILE
+    if splits is not None:
+        _check_dev_accuracy(src, onnx32, splits, opts, out, report)
+    elif opts.int8:
+        report["int8_accuracy_check"] = "skipped (no labelled data)"
+        print("warning: int8 accuracy not checked (no labelled data given)")
+    report["sizes_mb"] = {
+        f.name: round(f.stat().st_size / 2**20, 2) for f in (fp32, q8) if f.is_file()
+    }
+    report["onnx_file"] = chosen
+    write_json(out / "export.json", report)
+    write_manifest(
+        out,
+        "onnx",
+        labels,
+        onnx_file=chosen,
+        int8=opts.int8,
+        max_length=backend.max_length,
+        source=str(model),
+        input_names=list(onnx32.input_names),
+    )
+    return report
+
+
+def _load_encoder(model: str, max_length: int | None) -> tuple[Classifier, EncoderBackend]:
+    """The loaded classifier and its PyTorch encoder backend; ZhtuneError for other kinds."""
     from zhtune.classifier import Classifier
     from zhtune.serving.encoder import EncoderBackend
 
@@ -231,25 +291,30 @@ def run_export(
     backend = src.backend
     if not isinstance(backend, EncoderBackend):
         raise refuse(src.kind)
-    if data is not None and int8 is False and not data.source_given():
-        data = None
-    out = prepare_out_dir(out)
-    if (out / "zhtune.json").exists():
-        (out / "zhtune.json").unlink()  # re-export: no old manifest next to new files
-    fp32, q8 = out / FP32_FILE, out / INT8_FILE
-    report: dict = {"source": str(model), "opset": opset, "max_length": backend.max_length}
+    return src, backend
+
+
+def _export_fp32(backend: EncoderBackend, out: Path, opts: ExportOptions, report: dict) -> None:
+    """``out/model.onnx`` (optimized unless told not to), the tokenizer and ``config.json``."""
+    fp32 = out / FP32_FILE
     t0 = time.perf_counter()
-    export_onnx(backend, fp32, opset)
-    report["optimized"] = optimize and optimize_bert(fp32, backend.model.config)
+    export_onnx(backend, fp32, opts.opset)
+    report["optimized"] = opts.optimize and optimize_bert(fp32, backend.model.config)
     report["export_seconds"] = round(time.perf_counter() - t0, 2)
     backend.tokenizer.save_pretrained(str(out))
     backend.model.config.save_pretrained(str(out))
-    labels = list(backend.labels)
-    onnx32 = OnnxBackend.from_file(fp32, backend.tokenizer, labels, backend.max_length)
 
-    # 1. fp32 parity on sample texts (in mixed-length batches of 4, so padding is exercised)
-    splits = _load_data(data)
-    sample = list(splits.dev.texts[:64]) if splits else SAMPLE_TEXTS
+
+def _check_parity(
+    backend: EncoderBackend,
+    onnx32: OnnxBackend,
+    sample: list[str],
+    tolerance: float,
+    out: Path,
+    report: dict,
+) -> None:
+    """fp32 ONNX vs PyTorch probabilities on ``sample`` (in mixed-length batches of 4, so
+    padding is exercised); ZhtuneError when they differ by more than ``tolerance``."""
     p_torch = backend.predict_proba(sample, batch_size=4)
     p_onnx = onnx32.predict_proba(sample, batch_size=4)
     diff = float(np.abs(p_torch - p_onnx).max())
@@ -261,60 +326,46 @@ def run_export(
             f"the files in {out} are not usable (no zhtune.json written)"
         )
 
-    # 2. accuracy on the dev split (fp32 PyTorch, fp32 ONNX, int8 ONNX)
-    chosen = FP32_FILE
-    if int8:
-        quantize_onnx_int8(fp32, q8)
-        chosen = INT8_FILE
-    if splits is not None:
-        gold = splits.dev.label_ids(splits.label_map)
-        dev_labels = list(splits.label_map.names)
-        if dev_labels != labels:
-            raise ZhtuneError(
-                f"the data's labels {dev_labels} differ from the model's {labels}; "
-                "give the dataset the model was trained on"
-            )
-        acc = {"fp32_torch": accuracy(src.predict_proba(splits.dev.texts, batch_size), gold)}
-        acc["fp32_onnx"] = accuracy(onnx32.predict_proba(splits.dev.texts, batch_size), gold)
-        if int8:
-            onnx8 = OnnxBackend.from_file(q8, backend.tokenizer, labels, backend.max_length)
-            acc["int8_onnx"] = accuracy(onnx8.predict_proba(splits.dev.texts, batch_size), gold)
-        report["dev_accuracy"] = {**acc, "rows": len(gold)}
-        print(
-            f"dev accuracy ({len(gold)} rows): "
-            + ", ".join(f"{k} {v:.2f}%" for k, v in acc.items())
+
+def _check_dev_accuracy(
+    src: Classifier,
+    onnx32: OnnxBackend,
+    splits: Splits,
+    opts: ExportOptions,
+    out: Path,
+    report: dict,
+) -> None:
+    """Dev-split accuracy of fp32 PyTorch, fp32 ONNX and (with ``int8``) int8 ONNX; ZhtuneError
+    when the data's labels are not the model's or int8 loses over ``max_accuracy_drop``."""
+    labels = list(onnx32.labels)
+    gold = splits.dev.label_ids(splits.label_map)
+    dev_labels = list(splits.label_map.names)
+    if dev_labels != labels:
+        raise ZhtuneError(
+            f"the data's labels {dev_labels} differ from the model's {labels}; "
+            "give the dataset the model was trained on"
         )
-        if int8:
-            drop = acc["fp32_onnx"] - acc["int8_onnx"]
-            report["int8_accuracy_drop"] = drop
-            if drop > max_accuracy_drop:
-                raise ZhtuneError(
-                    f"int8 accuracy check failed: {acc['int8_onnx']:.2f}% vs fp32 "
-                    f"{acc['fp32_onnx']:.2f}% (drop {drop:.2f} > {max_accuracy_drop} points); "
-                    f"use the fp32 export (without --int8); no zhtune.json written in {out}"
-                )
-    elif int8:
-        report["int8_accuracy_check"] = "skipped (no labelled data)"
-        print("warning: int8 accuracy not checked (no labelled data given)")
-    report["sizes_mb"] = {
-        f.name: round(f.stat().st_size / 2**20, 2) for f in (fp32, q8) if f.is_file()
-    }
-    report["onnx_file"] = chosen
-    write_json(out / "export.json", report)
-    write_manifest(
-        out,
-        "onnx",
-        labels,
-        onnx_file=chosen,
-        int8=int8,
-        max_length=backend.max_length,
-        source=str(model),
-        input_names=list(onnx32.input_names),
-    )
-    return report
+    texts, bs = splits.dev.texts, opts.batch_size
+    acc = {"fp32_torch": accuracy(src.predict_proba(texts, bs), gold)}
+    acc["fp32_onnx"] = accuracy(onnx32.predict_proba(texts, bs), gold)
+    if opts.int8:
+        onnx8 = OnnxBackend.from_file(out / INT8_FILE, onnx32.tokenizer, labels, onnx32.max_length)
+        acc["int8_onnx"] = accuracy(onnx8.predict_proba(texts, bs), gold)
+    report["dev_accuracy"] = {**acc, "rows": len(gold)}
+    print(f"dev accuracy ({len(gold)} rows): " + ", ".join(f"{k} {v:.2f}%" for k, v in acc.items()))
+    if opts.int8:
+        drop = acc["fp32_onnx"] - acc["int8_onnx"]
+        report["int8_accuracy_drop"] = drop
+        if drop > opts.max_accuracy_drop:
+            raise ZhtuneError(
+                f"int8 accuracy check failed: {acc['int8_onnx']:.2f}% vs fp32 "
+                f"{acc['fp32_onnx']:.2f}% (drop {drop:.2f} > {opts.max_accuracy_drop} points); "
+                f"use the fp32 export (without --int8); no zhtune.json written in {out}"
+            )
 
 
-def _load_data(data):
+def _load_data(data: DataConfig | None) -> Splits | None:
+    """The data's splits, or None when no labelled data is given."""
     if data is None or not data.source_given():
         return None
     from zhtune.data import load_splits
@@ -322,7 +373,7 @@ def _load_data(data):
     return load_splits(data)
 
 
-def data_from_run(model: str):
+def data_from_run(model: str) -> DataConfig | None:
     """The DataConfig a run was trained with (its ``config.yaml``), or None."""
     import yaml
 
@@ -343,6 +394,7 @@ def data_from_run(model: str):
 
 # --- CLI ---------------------------------------------------------------------------------------
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The ``zhtune export`` flags, the data flags included (for the dev-split check)."""
     from zhtune.config import add_config_args
     from zhtune.data import DataConfig
 
@@ -376,11 +428,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_cli(ns: argparse.Namespace) -> int:
+    """``zhtune export``: export, check, and print where the model went."""
     from zhtune.config import config_from_args
     from zhtune.data import DataConfig
 
-    data = config_from_args(DataConfig, ns)
-    if not data.source_given():
+    given = config_from_args(DataConfig, ns)
+    data: DataConfig | None = given
+    if not given.source_given():
         data = data_from_run(ns.model)
         if data is not None:
             print(f"dev data: the run's own config.yaml (dataset={data.dataset or data.train})")
@@ -389,10 +443,7 @@ def run_cli(ns: argparse.Namespace) -> int:
             "--int8 checks the int8 accuracy on a dev split: give the labelled data "
             "(--dataset NAME or --train FILE), or --no-accuracy-check to skip the check"
         )
-    t = time.perf_counter()
-    report = run_export(
-        ns.model,
-        ns.out,
+    options = ExportOptions(
         int8=ns.int8,
         data=data,
         opset=ns.opset,
@@ -402,6 +453,8 @@ def run_cli(ns: argparse.Namespace) -> int:
         max_accuracy_drop=ns.max_accuracy_drop,
         batch_size=ns.batch_size,
     )
+    t = time.perf_counter()
+    report = run_export(ns.model, ns.out, options)
     sizes = ", ".join(f"{k} {v} MB" for k, v in report["sizes_mb"].items())
     print(
         f"exported {ns.model} -> {ns.out} ({report['onnx_file']}; {sizes}) "

@@ -13,28 +13,29 @@ connections and finishes the requests in flight (uvicorn's graceful shutdown).
 
 import argparse
 import asyncio
-import base64
 import logging
 import os
 import re
-import secrets
 import sys
 import threading
-import time
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass, fields
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from zhtune.errors import ZhtuneError
 from zhtune.serving.batcher import Batcher, Metrics, QueueFull
+from zhtune.serving.guard import PUBLIC_PATHS, Guard, error_body
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 log = logging.getLogger("zhtune")
+ErrDoc = Callable[[str], dict[str, Any]]  # err(description) -> an OpenAPI response entry
 
 NON_SPACE = re.compile(r"\S")
-KNOWN_PATHS = {"/", "/health", "/metrics", "/v1/classify", "/docs", "/openapi.json"}
-PUBLIC_PATHS = {"/health"}
 
 
 @dataclass
@@ -55,6 +56,7 @@ class ServeSettings:
     allow_pickle: bool = False  # trusted .bin weights (torch.load weights_only=True)
 
     def check(self) -> None:
+        """Raise :class:`ZhtuneError` for a limit out of range."""
         for name in ("max_batch", "max_texts", "max_chars", "max_body_bytes", "max_queue"):
             if getattr(self, name) < 1:
                 raise ZhtuneError(f"--{name.replace('_', '-')} must be >= 1")
@@ -65,6 +67,8 @@ class ServeSettings:
 
 
 class ApiError(Exception):
+    """An error the API answers with ``status`` and the JSON error body."""
+
     def __init__(
         self, status: int, code: str, message: str, details: Any = None, retry_after: int = 0
     ) -> None:
@@ -73,183 +77,107 @@ class ApiError(Exception):
         self.retry_after = retry_after
 
 
-def error_body(status: int, code: str, message: str, details: Any = None) -> dict:
-    err: dict[str, Any] = {"status": status, "code": code, "message": message}
-    if details is not None:
-        err["details"] = details
-    return {"error": err}
+@dataclass
+class AppState:
+    """What the routes share: the model once loaded, its micro-batcher, a load error, and the
+    uvicorn server (set by :func:`run_cli`; told to exit when the model cannot load)."""
 
+    settings: ServeSettings
+    metrics: Metrics
+    clf: Any = None
+    batcher: Batcher | None = None
+    error: ZhtuneError | str | None = None
+    server: Any = None
 
-# --- the ASGI guard: metrics, API key, body size ---------------------------------------------
-class Guard:
-    """Outermost ASGI layer: counts every response, checks the API key and caps the body.
-
-    The body is read here (up to ``max_body_bytes``) before the app sees it, so an oversized
-    body gets 413 whatever its Content-Length says, and the app never buffers more."""
-
-    def __init__(self, app, settings: ServeSettings, metrics: Metrics) -> None:
-        self.app, self.settings, self.metrics = app, settings, metrics
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        t0 = time.perf_counter()
-        path = scope["path"] if scope["path"] in KNOWN_PATHS else "other"
-        status = {"code": 500}
-
-        async def send_wrapper(message) -> None:
-            if message["type"] == "http.response.start":
-                status["code"] = message["status"]
-            await send(message)
-
-        try:
-            denied = self._auth_error(scope)
-            if denied is not None:
-                await denied(scope, receive, send_wrapper)
-                return
-            body, too_big = await self._read_body(scope, receive)
-            if too_big:
-                await _json_response(
-                    413,
-                    "body_too_large",
-                    f"the request body is over {self.settings.max_body_bytes} bytes",
-                )(scope, receive, send_wrapper)
-                return
-            await self.app(scope, _replay(body, receive), send_wrapper)
-        finally:
-            code = str(status["code"])
-            self.metrics.requests.labels(path, scope["method"], code).inc()
-            if status["code"] >= 400:
-                self.metrics.errors.labels(code).inc()
-            self.metrics.latency.labels(path).observe(time.perf_counter() - t0)
-
-    def _auth_error(self, scope):
-        key = self.settings.api_key
-        if not key or scope["path"] in PUBLIC_PATHS:
-            return None
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        given = headers.get("x-api-key")
-        auth = headers.get("authorization", "")
-        scheme, _, value = auth.partition(" ")
-        if given is None and scheme.lower() == "bearer":
-            given = value.strip()
-        elif (
-            given is None and scheme.lower() == "basic"
-        ):  # browsers: any user name, key as password
-            try:
-                given = base64.b64decode(value.strip()).decode("utf-8").partition(":")[2]
-            except ValueError:
-                given = None
-        if given is not None and secrets.compare_digest(given.encode(), key.encode()):
-            return None
-        browser_page = scope["path"] in ("/", "/docs")
-        challenge = 'Basic realm="zhtune", charset="UTF-8"' if browser_page else "Bearer"
-        return _json_response(
-            401,
-            "unauthorized",
-            "a valid API key is required: header 'X-API-Key: KEY' or 'Authorization: Bearer KEY'",
-            headers={"www-authenticate": challenge},
-        )
-
-    async def _read_body(self, scope, receive) -> tuple[bytes, bool]:
-        limit = self.settings.max_body_bytes
-        for k, v in scope["headers"]:
-            if k.lower() == b"content-length":
-                try:
-                    if int(v) > limit:
-                        return b"", True
-                except ValueError:
-                    pass
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                break
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                return b"", True
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        return b"".join(chunks), False
-
-
-def _replay(body: bytes, receive):
-    """The buffered body as one message, then the real channel (for ``http.disconnect``)."""
-    sent = False
-
-    async def replay():
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replay
-
-
-def _json_response(status: int, code: str, message: str, headers: dict | None = None):
-    from starlette.responses import JSONResponse
-
-    return JSONResponse(error_body(status, code, message), status_code=status, headers=headers)
-
-
-# --- the app -------------------------------------------------------------------------------
-def create_app(settings: ServeSettings, classifier=None):
-    """The FastAPI app wrapped in :class:`Guard`. The model loads in a background thread at
-    startup (``/health`` answers 503 until then) unless a loaded ``classifier`` is given."""
-    from fastapi import FastAPI, Request
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import HTMLResponse, JSONResponse, Response
-    from pydantic import BaseModel, ConfigDict, Field
-    from starlette.exceptions import HTTPException as StarletteHTTPException
-
-    settings.check()
-    metrics = Metrics()
-    state: dict[str, Any] = {"clf": None, "batcher": None, "error": None, "server": None}
-
-    def activate(clf) -> None:
+    def activate(self, clf: Any) -> None:
+        """Start the micro-batcher on ``clf``; from now on the app is healthy."""
+        settings = self.settings
         batcher = Batcher(
             lambda texts: clf.predict_proba(texts, batch_size=settings.batch_size),
             max_batch=settings.max_batch,
             max_wait=settings.max_wait_ms / 1000.0,
             max_pending=settings.max_queue,
-            metrics=metrics,
+            metrics=self.metrics,
         )
         batcher.start()
-        state["batcher"], state["clf"] = batcher, clf
-        metrics.loaded.set(1)
+        self.batcher, self.clf = batcher, clf
+        self.metrics.loaded.set(1)
 
-    def load() -> None:
+    def load(self) -> None:
+        """Load, warm up and activate the model named in the settings (a background thread)."""
         from zhtune.classifier import Classifier
 
+        settings = self.settings
         try:
             kw: dict[str, Any] = {"int8": True} if settings.int8 else {}
             if settings.allow_pickle:
                 kw["allow_pickle"] = True
             clf = Classifier.load(settings.model, calibrated=settings.calibrated, **kw)
             clf.predict_proba(["预热"], batch_size=1)  # warm up before reporting healthy
-            activate(clf)
+            self.activate(clf)
             log.info(
                 "model loaded: %s (%s; labels %s)", settings.model, clf.kind, ", ".join(clf.labels)
             )
         except Exception as e:  # reported by /health and run_cli
-            state["error"] = f"{type(e).__name__}: {e}" if not isinstance(e, ZhtuneError) else e
+            self.error = f"{type(e).__name__}: {e}" if not isinstance(e, ZhtuneError) else e
             log.error("cannot load the model: %s", e)
-            if state["server"] is not None:
-                state["server"].should_exit = True
+            if self.server is not None:
+                self.server.should_exit = True
+
+    def model_name(self) -> str:
+        """The model's name in responses: the last part of its path."""
+        return Path(self.settings.model).name or self.settings.model
+
+
+def create_app(settings: ServeSettings, classifier: Any = None) -> Guard:
+    """The FastAPI app wrapped in :class:`Guard`. The model loads in a background thread at
+    startup (``/health`` answers 503 until then) unless a loaded ``classifier`` is given."""
+    from fastapi import FastAPI
+
+    settings.check()
+    state = AppState(settings, Metrics())
+    err = _error_doc()
+    common_errors: dict[int | str, dict[str, Any]] = {}
+    if settings.api_key:
+        common_errors[401] = err("missing or wrong API key")
+    app = FastAPI(
+        title="zhtune classifier",
+        version="1",
+        description="Chinese text classification. Limits and status codes: docs/serving.md.",
+        lifespan=_lifespan(state, classifier),
+        responses=common_errors,
+    )
+    _add_error_handlers(app)
+    _add_classify_route(app, state, err)
+    _add_health_metrics_routes(app, state)
+    _add_page_route(app)
+    if settings.api_key:
+        _document_api_key(app)
+    wrapped = Guard(app, settings, state.metrics)
+    wrapped.state, wrapped.fastapi = state, app
+    return wrapped
+
+
+def _lifespan(state: AppState, classifier: Any) -> Callable[[Any], AbstractAsyncContextManager]:
+    """Startup: activate ``classifier`` or start loading the model; shutdown: stop the batcher."""
 
     @asynccontextmanager
-    async def lifespan(_app):
+    async def lifespan(_app: Any) -> AsyncIterator[None]:
         if classifier is not None:
-            activate(classifier)
+            state.activate(classifier)
         else:
-            threading.Thread(target=load, name="zhtune-load", daemon=True).start()
+            threading.Thread(target=state.load, name="zhtune-load", daemon=True).start()
         yield
-        if state["batcher"] is not None:
-            await asyncio.to_thread(state["batcher"].stop)
+        if state.batcher is not None:
+            await asyncio.to_thread(state.batcher.stop)
+
+    return lifespan
+
+
+def _error_doc() -> ErrDoc:
+    """``err(description)``: an OpenAPI response entry with the JSON error body as its schema
+    (one ``ErrorBody`` model per app, so the document names it once)."""
+    from pydantic import BaseModel
 
     class ErrorDetail(BaseModel):
         status: int
@@ -260,60 +188,18 @@ def create_app(settings: ServeSettings, classifier=None):
     class ErrorBody(BaseModel):
         error: ErrorDetail
 
-    # not "maxLength": with truncate=true longer texts are valid (documented in the description)
-    text_schema = {"pattern": r"\S"}
-    Text = Annotated[str, Field(min_length=1, json_schema_extra=text_schema)]
-
-    class ClassifyRequest(BaseModel):
-        model_config = ConfigDict(
-            strict=True,
-            extra="forbid",
-            json_schema_extra={
-                "example": {"texts": ["质量很好，物流也快", "太失望了"], "truncate": False}
-            },
-        )
-        texts: list[Text] = Field(
-            min_length=1,
-            description=f"1 to {settings.max_texts} non-blank texts (more: 413), each at most "
-            f"{settings.max_chars} characters (more: 422, unless truncate)",
-            json_schema_extra={"maxItems": settings.max_texts},
-        )
-        truncate: bool = Field(
-            False, description=f"cut texts over {settings.max_chars} characters instead of 422"
-        )
-
-    class Prediction(BaseModel):
-        label: str
-        confidence: float
-        probs: dict[str, float]
-        truncated: bool
-
-    class ClassifyResponse(BaseModel):
-        model: str
-        labels: list[str]
-        results: list[Prediction]
-
-    class Health(BaseModel):
-        status: str
-        model: str | None = None
-        kind: str | None = None
-        labels: list[str] | None = None
-        error: str | None = None
-
-    def err(desc: str) -> dict:
+    def err(desc: str) -> dict[str, Any]:
         return {"model": ErrorBody, "description": desc}
 
-    common_errors: dict[int | str, dict] = {}
-    if settings.api_key:
-        common_errors[401] = err("missing or wrong API key")
+    return err
 
-    app = FastAPI(
-        title="zhtune classifier",
-        version="1",
-        description="Chinese text classification. Limits and status codes: docs/serving.md.",
-        lifespan=lifespan,
-        responses=common_errors,
-    )
+
+def _add_error_handlers(app: "FastAPI") -> None:
+    """Every error, FastAPI's own included, answers with the JSON error body."""
+    from fastapi import Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 
     @app.exception_handler(ApiError)
     async def _api_error(_req: Request, e: ApiError) -> JSONResponse:
@@ -354,8 +240,44 @@ def create_app(settings: ServeSettings, classifier=None):
         log.exception("unexpected error")
         return JSONResponse(error_body(500, "internal_error", "internal server error"), 500)
 
-    def model_name() -> str:
-        return Path(settings.model).name or settings.model
+
+def _add_classify_route(app: "FastAPI", state: AppState, err: ErrDoc) -> None:
+    """``POST /v1/classify``: its request and response models, the limits, the batcher."""
+    from pydantic import BaseModel, ConfigDict, Field
+
+    settings = state.settings
+    # not "maxLength": with truncate=true longer texts are valid (documented in the description)
+    text_schema = {"pattern": r"\S"}
+    Text = Annotated[str, Field(min_length=1, json_schema_extra=text_schema)]
+
+    class ClassifyRequest(BaseModel):
+        model_config = ConfigDict(
+            strict=True,
+            extra="forbid",
+            json_schema_extra={
+                "example": {"texts": ["质量很好，物流也快", "太失望了"], "truncate": False}
+            },
+        )
+        texts: list[Text] = Field(
+            min_length=1,
+            description=f"1 to {settings.max_texts} non-blank texts (more: 413), each at most "
+            f"{settings.max_chars} characters (more: 422, unless truncate)",
+            json_schema_extra={"maxItems": settings.max_texts},
+        )
+        truncate: bool = Field(
+            False, description=f"cut texts over {settings.max_chars} characters instead of 422"
+        )
+
+    class Prediction(BaseModel):
+        label: str
+        confidence: float
+        probs: dict[str, float]
+        truncated: bool
+
+    class ClassifyResponse(BaseModel):
+        model: str
+        labels: list[str]
+        results: list[Prediction]
 
     @app.post(
         "/v1/classify",
@@ -369,34 +291,8 @@ def create_app(settings: ServeSettings, classifier=None):
         summary="Classify texts",
     )
     async def classify(req: ClassifyRequest) -> ClassifyResponse:
-        if len(req.texts) > settings.max_texts:
-            raise ApiError(
-                413,
-                "too_many_texts",
-                f"{len(req.texts)} texts; at most {settings.max_texts} per request",
-            )
-        texts, cut = [], []
-        for i, t in enumerate(req.texts):
-            if not NON_SPACE.search(t):
-                raise ApiError(422, "empty_text", f"texts[{i}] is empty or only whitespace")
-            try:
-                t.encode("utf-8")
-            except UnicodeEncodeError:
-                raise ApiError(
-                    422, "invalid_text", f"texts[{i}] is not valid Unicode (lone surrogate)"
-                ) from None
-            if len(t) > settings.max_chars:
-                if not req.truncate:
-                    raise ApiError(
-                        422,
-                        "text_too_long",
-                        f"texts[{i}] has {len(t)} characters; the limit is "
-                        f'{settings.max_chars} (or send "truncate": true)',
-                    )
-                t = t[: settings.max_chars]
-            texts.append(t)
-            cut.append(len(t) < len(req.texts[i]))
-        clf, batcher = state["clf"], state["batcher"]
+        texts, cut = _checked_texts(req.texts, req.truncate, settings)
+        clf, batcher = state.clf, state.batcher
         if batcher is None:
             raise ApiError(
                 503, "loading", "the model is still loading; retry in a moment", retry_after=2
@@ -408,8 +304,59 @@ def create_app(settings: ServeSettings, classifier=None):
                 429, "queue_full", f"server busy ({e}); retry later", retry_after=1
             ) from None
         probs = await asyncio.wrap_future(future)
-        results = [{**p, "truncated": c} for p, c in zip(clf.format(probs), cut, strict=True)]
-        return ClassifyResponse(model=model_name(), labels=clf.labels, results=results)
+        results = [
+            Prediction.model_validate({**p, "truncated": c})
+            for p, c in zip(clf.format(probs), cut, strict=True)
+        ]
+        return ClassifyResponse(model=state.model_name(), labels=clf.labels, results=results)
+
+
+def _checked_texts(
+    given: list[str], truncate: bool, settings: ServeSettings
+) -> tuple[list[str], list[bool]]:
+    """The texts to classify (cut to ``max_chars`` when ``truncate``) and which were cut;
+    :class:`ApiError` (413 or 422) for too many, blank, invalid or too long texts."""
+    if len(given) > settings.max_texts:
+        raise ApiError(
+            413,
+            "too_many_texts",
+            f"{len(given)} texts; at most {settings.max_texts} per request",
+        )
+    texts, cut = [], []
+    for i, t in enumerate(given):
+        if not NON_SPACE.search(t):
+            raise ApiError(422, "empty_text", f"texts[{i}] is empty or only whitespace")
+        try:
+            t.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ApiError(
+                422, "invalid_text", f"texts[{i}] is not valid Unicode (lone surrogate)"
+            ) from None
+        if len(t) > settings.max_chars:
+            if not truncate:
+                raise ApiError(
+                    422,
+                    "text_too_long",
+                    f"texts[{i}] has {len(t)} characters; the limit is "
+                    f'{settings.max_chars} (or send "truncate": true)',
+                )
+            t = t[: settings.max_chars]
+        texts.append(t)
+        cut.append(len(t) < len(given[i]))
+    return texts, cut
+
+
+def _add_health_metrics_routes(app: "FastAPI", state: AppState) -> None:
+    """``GET /health`` (200 once the model is loaded, 503 before) and ``GET /metrics``."""
+    from fastapi.responses import JSONResponse, Response
+    from pydantic import BaseModel
+
+    class Health(BaseModel):
+        status: str
+        model: str | None = None
+        kind: str | None = None
+        labels: list[str] | None = None
+        error: str | None = None
 
     @app.get(
         "/health",
@@ -419,16 +366,12 @@ def create_app(settings: ServeSettings, classifier=None):
         summary="200 once the model is loaded, 503 before",
     )
     async def health() -> Any:
-        clf = state["clf"]
+        clf = state.clf
         if clf is None:
-            status = "error" if state["error"] else "loading"
-            return JSONResponse(
-                Health(
-                    status=status, error=str(state["error"]) if state["error"] else None
-                ).model_dump(exclude_none=True),
-                503,
-            )
-        return Health(status="ok", model=model_name(), kind=clf.kind, labels=clf.labels)
+            status = "error" if state.error else "loading"
+            body = Health(status=status, error=str(state.error) if state.error else None)
+            return JSONResponse(body.model_dump(exclude_none=True), 503)
+        return Health(status="ok", model=state.model_name(), kind=clf.kind, labels=clf.labels)
 
     @app.get(
         "/metrics",
@@ -439,7 +382,12 @@ def create_app(settings: ServeSettings, classifier=None):
     async def prometheus() -> Response:
         from prometheus_client import CONTENT_TYPE_LATEST
 
-        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+        return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+def _add_page_route(app: "FastAPI") -> None:
+    """``GET /``: the web page (``web/index.html``, read once)."""
+    from fastapi.responses import HTMLResponse
 
     page = (resources.files("zhtune.serving") / "web" / "index.html").read_text(encoding="utf-8")
 
@@ -452,19 +400,12 @@ def create_app(settings: ServeSettings, classifier=None):
     async def index() -> HTMLResponse:
         return HTMLResponse(page)
 
-    if settings.api_key:
-        _document_api_key(app)
-    wrapped = Guard(app, settings, metrics)
-    wrapped.state = state  # type: ignore[attr-defined]
-    wrapped.fastapi = app  # type: ignore[attr-defined]
-    return wrapped
 
-
-def _document_api_key(app) -> None:
+def _document_api_key(app: "FastAPI") -> None:
     """Declare the API key in the OpenAPI schema (the check itself is in :class:`Guard`)."""
     from fastapi.openapi.utils import get_openapi
 
-    def openapi() -> dict:
+    def openapi() -> dict[str, Any]:
         if app.openapi_schema:
             return app.openapi_schema
         schema = get_openapi(
@@ -479,11 +420,12 @@ def _document_api_key(app) -> None:
         app.openapi_schema = schema
         return schema
 
-    app.openapi = openapi
+    app.openapi = openapi  # type: ignore[method-assign]  # the FastAPI way to customise it
 
 
 # --- CLI -------------------------------------------------------------------------------------
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The ``zhtune serve`` flags (defaults from :class:`ServeSettings`)."""
     d = ServeSettings(model="")
     p.add_argument("--model", required=True, help="run directory or model directory to serve")
     p.add_argument("--host", default=d.host, help="interface to bind (default: 127.0.0.1 only)")
@@ -531,24 +473,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_cli(ns: argparse.Namespace) -> int:
+    """``zhtune serve``: serve until SIGTERM/SIGINT; a model that cannot load raises."""
     import uvicorn
 
-    settings = ServeSettings(
-        model=ns.model,
-        host=ns.host,
-        port=ns.port,
-        api_key=ns.api_key or os.environ.get("ZHTUNE_API_KEY") or None,
-        max_batch=ns.max_batch,
-        max_wait_ms=ns.max_wait_ms,
-        max_texts=ns.max_texts,
-        max_chars=ns.max_chars,
-        max_body_bytes=ns.max_body_bytes,
-        max_queue=ns.max_queue,
-        batch_size=ns.batch_size,
-        int8=ns.int8,
-        calibrated=ns.calibrated,
-        allow_pickle=ns.allow_pickle,
-    )
+    flags = {f.name: getattr(ns, f.name) for f in fields(ServeSettings)}  # one flag per field
+    flags["api_key"] = ns.api_key or os.environ.get("ZHTUNE_API_KEY") or None
+    settings = ServeSettings(**flags)
     if ns.threads:
         os.environ["ZHTUNE_THREADS"] = str(ns.threads)
     local = Path(ns.model)
@@ -571,14 +501,16 @@ def run_cli(ns: argparse.Namespace) -> int:
         server_header=False,
     )
     server = uvicorn.Server(config)
-    app.state["server"] = server  # type: ignore[attr-defined]
+    state = app.state
+    assert state is not None  # set by create_app
+    state.server = server
     print(
         f"zhtune serve: http://{settings.host}:{settings.port}/ (loading {ns.model}; "
         f"/health turns 200 when ready)",
         file=sys.stderr,
     )
     server.run()
-    error = app.state["error"]  # type: ignore[attr-defined]
+    error = state.error
     if error is not None:
         raise error if isinstance(error, ZhtuneError) else ZhtuneError(str(error))
     return 0

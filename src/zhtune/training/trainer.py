@@ -404,6 +404,7 @@ def build_training_args(cfg: TrainingConfig, out: Path, n_train: int):
     logging_steps = cfg.logging_steps or max(1, min(every, steps_per_epoch(cfg, n_train) // 20))
     if (cfg.deepspeed or cfg.fsdp_config) and not has_gpu():  # the Trainer would drop them
         raise ConfigError("deepspeed / fsdp_config need GPUs; on CPU use plain DDP (torchrun)")
+    extra: dict[str, Any] = {"fsdp": bool(cfg.fsdp_config) or None, **precision_flags(cfg)}
     return TrainingArguments(
         output_dir=str(out / CHECKPOINT_DIR),
         learning_rate=cfg.learning_rate,
@@ -435,9 +436,8 @@ def build_training_args(cfg: TrainingConfig, out: Path, n_train: int):
         dataloader_pin_memory=has_gpu(),
         torch_compile=cfg.torch_compile,
         deepspeed=cfg.deepspeed,
-        fsdp=bool(cfg.fsdp_config) or None,
         fsdp_config=cfg.fsdp_config,
-        **precision_flags(cfg),
+        **extra,  # fsdp=True turns FSDP on (transformers' annotation still says str | None)
     )
 
 
@@ -517,18 +517,8 @@ def run_trainer(
         data_collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8)
     if "length" in dev_ds.column_names:  # less padding; the metrics do not depend on order
         dev_ds = dev_ds.select(np.argsort(dev_ds["length"], kind="stable"))
-    history_path = out / HISTORY_FILE
-    resume = resolve_resume(cfg.resume_from_checkpoint, out / CHECKPOINT_DIR)
-    resume_step = None
-    if resume is not None:
-        state = json.loads((resume / "trainer_state.json").read_text(encoding="utf-8"))
-        resume_step = int(state.get("global_step", 0))
-        log.info("resuming from %s (step %d)", resume, resume_step)
-    if tracking.is_main_process():
-        _truncate_history(history_path, resume_step)
-        if resume is None:
-            _remove_stale_checkpoints(out / CHECKPOINT_DIR)
-    cbs = [HistoryCallback(history_path), *callbacks, *tracking.trainer_callbacks(cfg, out)]
+    resume = _prepare_resume(cfg, out)
+    cbs = [HistoryCallback(out / HISTORY_FILE), *callbacks, *tracking.trainer_callbacks(cfg, out)]
     if cfg.patience:
         cbs.append(EarlyStoppingCallback(cfg.patience, cfg.early_stopping_threshold))
     trainer = _SeededOrderTrainer(
@@ -546,22 +536,7 @@ def run_trainer(
         # these heads average their own loss and ignore num_items_in_batch: without this the
         # Trainer multiplies it by the number of processes and skips the accumulation divisor
         trainer.model_accepts_loss_kwargs = False
-    t = time.perf_counter()
-    with tracking.training_status(out, cfg):
-        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    seconds = time.perf_counter() - t
-    state = trainer.state
-    expected = total_steps(cfg, n_train)
-    result = TrainResult(
-        model=trainer.model,
-        global_step=state.global_step,
-        best_checkpoint=state.best_model_checkpoint,
-        best_metric=state.best_metric,
-        train_seconds=seconds,
-        stopped_early=bool(cfg.patience) and state.global_step < expected,
-        resumed_from=str(resume) if resume else None,
-        history=read_history(history_path),
-    )
+    result = _fit(trainer, cfg, out, resume)
     for cb in cbs:
         if hasattr(cb, "tb_writer") and cb.tb_writer is not None:
             cb.tb_writer.close()
@@ -572,6 +547,41 @@ def run_trainer(
     if tracking.is_main_process():
         write_training_curves(result.history, out / CURVES_FILE, cfg.metric_for_best)
     return result
+
+
+def _prepare_resume(cfg: TrainingConfig, out: Path) -> Path | None:
+    """The checkpoint to resume (or None); trims history.jsonl; a fresh start drops old ones."""
+    resume = resolve_resume(cfg.resume_from_checkpoint, out / CHECKPOINT_DIR)
+    resume_step = None
+    if resume is not None:
+        state = json.loads((resume / "trainer_state.json").read_text(encoding="utf-8"))
+        resume_step = int(state.get("global_step", 0))
+        log.info("resuming from %s (step %d)", resume, resume_step)
+    if tracking.is_main_process():
+        _truncate_history(out / HISTORY_FILE, resume_step)
+        if resume is None:
+            _remove_stale_checkpoints(out / CHECKPOINT_DIR)
+    return resume
+
+
+def _fit(trainer: Any, cfg: TrainingConfig, out: Path, resume: Path | None) -> TrainResult:
+    """``trainer.train()`` (resuming from ``resume``) and what it ended with."""
+    t = time.perf_counter()
+    with tracking.training_status(out, cfg):
+        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    seconds = time.perf_counter() - t
+    state = trainer.state
+    expected = total_steps(cfg, len(trainer.train_dataset))
+    return TrainResult(
+        model=trainer.model,
+        global_step=state.global_step,
+        best_checkpoint=state.best_model_checkpoint,
+        best_metric=state.best_metric,
+        train_seconds=seconds,
+        stopped_early=bool(cfg.patience) and state.global_step < expected,
+        resumed_from=str(resume) if resume else None,
+        history=read_history(out / HISTORY_FILE),
+    )
 
 
 def write_training_curves(history: list[dict], path: Path, metric: str = "macro_f1") -> Path:

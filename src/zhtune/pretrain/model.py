@@ -1,0 +1,148 @@
+"""The pretraining model and what touches its tensors: building a RoBERTa (MLM) or Qwen2
+(CLM) from the config, the sparse output head (:func:`predict_targets`), the held-out
+evaluation, the optimizer, and the collators."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from zhtune.pretrain.loop import PretrainConfig
+
+
+def build_model(cfg: PretrainConfig, tokenizer) -> torch.nn.Module:
+    """A randomly initialised standard HF model (seeded by ``cfg.seed``)."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM, RobertaConfig, RobertaForMaskedLM
+
+    torch.manual_seed(cfg.seed)
+    # positions beyond max_seq_length stay untrained but let fine-tuning use up to 512 tokens
+    positions = max(cfg.max_seq_length, 512)
+    ids = {
+        "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": tokenizer.cls_token_id,
+        "eos_token_id": tokenizer.sep_token_id,
+    }
+    if cfg.arch == "roberta":
+        encoder_config = RobertaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=cfg.hidden_size,
+            num_hidden_layers=cfg.num_hidden_layers,
+            num_attention_heads=cfg.num_heads,
+            intermediate_size=cfg.intermediate_size,
+            hidden_dropout_prob=cfg.dropout,
+            attention_probs_dropout_prob=cfg.dropout,
+            # RoBERTa numbers positions from pad_token_id + 1
+            max_position_embeddings=positions + tokenizer.pad_token_id + 1,
+            type_vocab_size=cfg.type_vocab_size,
+            **ids,
+        )
+        return RobertaForMaskedLM(encoder_config)
+    decoder_config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_hidden_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_heads,
+        max_position_embeddings=positions,
+        tie_word_embeddings=True,
+        attention_dropout=cfg.dropout,
+        use_cache=True,
+        **ids,
+    )
+    return Qwen2ForCausalLM(decoder_config)
+
+
+def predict_targets(model, batch: dict, objective: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and targets at the positions that are scored, and only there.
+
+    MLM: the encoder runs on the whole batch; the LM head (dense, gelu, norm, vocabulary
+    projection) only on the M masked positions. CLM: the head only on positions whose next
+    token is real (not padding). Returns logits (M, V) and targets (M,).
+    """
+    input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]  # (B, T)
+    if objective == "mlm":
+        hidden = model.roberta(input_ids=input_ids, attention_mask=attention_mask)[0]  # (B, T, H)
+        scored = batch["labels"] != -100  # (B, T), True at masked positions
+        logits = model.lm_head(hidden[scored])  # (M, H) -> (M, V)
+        return logits, batch["labels"][scored]  # (M, V), (M,)
+    hidden = model.model(input_ids=input_ids, attention_mask=attention_mask)[0]  # (B, T, H)
+    scored = attention_mask[:, 1:].bool()  # (B, T-1): position t predicts token t+1
+    logits = model.lm_head(hidden[:, :-1][scored])  # (M, H) -> (M, V)
+    return logits, input_ids[:, 1:][scored]  # (M, V), (M,)
+
+
+def make_collator(cfg: PretrainConfig, tokenizer, seed: int):
+    """Whole-word masking (MLM) or padding only (CLM); its ``generator`` is seeded."""
+    from zhtune.pretrain.masking import CausalCollator, WholeWordMaskCollator
+
+    if cfg.objective == "mlm":
+        return WholeWordMaskCollator(tokenizer, cfg.mask_prob, seed=seed)
+    return CausalCollator(tokenizer, seed=seed)
+
+
+def param_counts(model) -> dict[str, int]:
+    """Total, embedding (token, position, type) and output-layer (LM head) parameters."""
+    total = sum(p.numel() for p in model.parameters())
+    emb = model.get_input_embeddings().weight.numel()
+    for name, p in model.named_parameters():
+        if "position_embeddings" in name or "token_type_embeddings" in name:
+            emb += p.numel()
+    head = 0
+    if hasattr(model, "lm_head"):
+        tied = {id(model.get_input_embeddings().weight)}
+        head = sum(p.numel() for p in model.lm_head.parameters() if id(p) not in tied)
+    return {
+        "total": total,
+        "embedding": emb,
+        "lm_head_extra": head,
+        "non_embedding": total - emb - head,
+    }
+
+
+# --- evaluation -------------------------------------------------------------------------
+@torch.no_grad()
+def evaluate(model, chunks, cfg: PretrainConfig, tokenizer, device, autocast) -> dict:
+    """Held-out loss, accuracy (argmax == target) and perplexity; masks are seeded, so the
+    same chunks are scored the same way every time."""
+    from zhtune.pretrain.corpus import batch_order
+
+    if len(chunks) == 0:
+        return {}
+    was_training = model.training
+    model.eval()
+    collate = make_collator(cfg, tokenizer, seed=cfg.seed + 1)
+    loss_sum, correct, n = 0.0, 0, 0
+    for idx in batch_order(chunks.lengths, cfg.batch_size, cfg.seed, 0, group_by_length=True):
+        batch = {k: v.to(device) for k, v in collate([chunks[i] for i in idx]).items()}
+        with autocast():
+            logits, target = predict_targets(model, batch, cfg.objective)
+        loss_sum += F.cross_entropy(logits.float(), target, reduction="sum").item()
+        correct += int((logits.argmax(-1) == target).sum())
+        n += target.numel()
+    model.train(was_training)
+    loss = loss_sum / max(n, 1)
+    return {
+        "eval_loss": round(loss, 5),
+        "eval_accuracy": round(correct / max(n, 1), 5),
+        "perplexity": round(math.exp(min(loss, 50.0)), 3),
+        "eval_predicted_tokens": n,
+    }
+
+
+# --- training ---------------------------------------------------------------------------
+def make_optimizer(model, cfg: PretrainConfig) -> torch.optim.Optimizer:
+    """AdamW with weight decay on the weight matrices only (not on biases and norms)."""
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
+    for name, p in model.named_parameters():
+        (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=cfg.learning_rate, eps=cfg.adam_epsilon)
