@@ -263,18 +263,28 @@ def test_cli_end_to_end(corpus, tmp_path, capsys):
     assert {"loss", "learning_rate", "tokens_per_second"} <= set(history[-1])
 
 
-def test_time_budget_decays_the_learning_rate_and_stops(corpus, tmp_path):
+def test_max_minutes_is_a_hard_stop_and_a_resume_replays_the_schedule(corpus, mlm_run, tmp_path):
+    from safetensors.torch import load_file
+
     from zhtune.pretrain.loop import _schedule
 
-    clock = {"seconds": 0.0}
-    f = _schedule(warmup=2, total=100, budget_seconds=60, clock=clock)
-    assert f(1) == 0.5 and f(10) == pytest.approx(90 / 98)
-    clock["seconds"] = 45  # three quarters of the budget: time is further along than steps
-    assert f(10) == pytest.approx(0.25)
-    clock["seconds"] = 61
-    assert f(10) == 0.0
-    result = run_pretrain(tiny(corpus, max_steps=1000, max_minutes=1e-4, save_steps=0), tmp_path)
-    assert result.metrics["steps"] < 1000 and result.metrics["stopped_by_time_budget"]
+    f = _schedule(warmup=2, total=100)  # a function of the step only, never of the clock
+    assert f(1) == 0.5 and f(10) == pytest.approx(90 / 98) and f(100) == 0.0
+    stopped = run_pretrain(tiny(corpus, max_minutes=1e-6), tmp_path)  # stops after step 1
+    m = stopped.metrics
+    assert m["steps"] == 1 and m["planned_steps"] == 8
+    assert "stopped early by max_minutes" in m["stopped_early"]
+    assert [c.name for c in list_checkpoints(tmp_path / "checkpoints")] == ["step-00000001"]
+    # the learning rate after step 1 is the 8-step schedule's (warm-up 2: half the peak)
+    assert m["final_train_loss"] == pytest.approx(mlm_run[1].history[0]["loss"], rel=1e-6)
+    resumed = run_pretrain(tiny(corpus), tmp_path)  # auto-resume from step-00000001
+    assert resumed.metrics["steps"] == 8 and resumed.metrics["stopped_early"] is None
+    ours, ref = load_file(str(tmp_path / "model.safetensors")), load_file(
+        str(mlm_run[0] / "model.safetensors")
+    )
+    assert ours.keys() == ref.keys()
+    for k in ref:
+        assert torch.equal(ours[k], ref[k]), k
 
 
 def test_resume_refuses_a_different_model_shape(corpus, mlm_run):
