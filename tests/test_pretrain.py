@@ -279,8 +279,9 @@ def test_max_minutes_is_a_hard_stop_and_a_resume_replays_the_schedule(corpus, ml
     assert m["final_train_loss"] == pytest.approx(mlm_run[1].history[0]["loss"], rel=1e-6)
     resumed = run_pretrain(tiny(corpus), tmp_path)  # auto-resume from step-00000001
     assert resumed.metrics["steps"] == 8 and resumed.metrics["stopped_early"] is None
-    ours, ref = load_file(str(tmp_path / "model.safetensors")), load_file(
-        str(mlm_run[0] / "model.safetensors")
+    ours, ref = (
+        load_file(str(tmp_path / "model.safetensors")),
+        load_file(str(mlm_run[0] / "model.safetensors")),
     )
     assert ours.keys() == ref.keys()
     for k in ref:
@@ -293,3 +294,57 @@ def test_resume_refuses_a_different_model_shape(corpus, mlm_run):
     out, _ = mlm_run
     with pytest.raises(ZhtuneError, match="hidden_size=32 \\(now 16\\)"):
         run_pretrain(tiny(corpus, hidden_size=16), out)
+
+
+# --- a byte-level BPE tokenizer (Qwen2-like: pad = eos <|endoftext|>, no bos/cls/sep/mask) --
+EOT = "<|endoftext|>"
+
+
+@pytest.fixture(scope="module")
+def bpe_tokenizer(tmp_path_factory) -> Path:
+    """A small byte-level BPE trained here with the ``tokenizers`` library."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=600, special_tokens=[EOT], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(make_texts(200, seed=1), trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOT, pad_token=EOT)
+    path = tmp_path_factory.mktemp("bpe")
+    fast.save_pretrained(path)
+    return path
+
+
+def test_clm_with_a_bpe_tokenizer_ends_chunks_with_eos(corpus, bpe_tokenizer, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = load_tokenizer(str(bpe_tokenizer))
+    assert tok.cls_token_id is None and tok.bos_token_id is None and tok.mask_token_id is None
+    eos = tok.convert_tokens_to_ids(EOT)
+    cfg = tiny(corpus, objective="clm", tokenizer_path=str(bpe_tokenizer), save_steps=0)
+    train, _, _ = load_corpus(cfg, tok)
+    for i in range(len(train)):
+        ids, _ = train[i]
+        assert ids[-1] == eos and eos not in ids[:-1] and len(ids) <= cfg.max_seq_length
+    result = run_pretrain(cfg, tmp_path)
+    assert result.metrics["steps"] == 8 and np.isfinite(result.metrics["eval_loss"])
+    model = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert model.config.eos_token_id == eos == model.config.pad_token_id
+    assert model.config.bos_token_id is None and model.generation_config.eos_token_id == eos
+    saved = AutoTokenizer.from_pretrained(tmp_path)
+    assert saved.eos_token == EOT and saved.bos_token is None  # bos/eos kept, not [CLS]/[SEP]
+
+
+def test_mlm_without_a_mask_token_is_a_one_line_error(corpus, bpe_tokenizer, tmp_path, capsys):
+    from zhtune.cli import main
+
+    with pytest.raises(ConfigError, match="no mask token"):
+        run_pretrain(tiny(corpus, tokenizer_path=str(bpe_tokenizer)), tmp_path)
+    args = ["pretrain", "--out", str(tmp_path), "--text-files", str(corpus)]
+    code = main([*args, "--tokenizer-path", str(bpe_tokenizer), "--objective", "mlm"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "no mask token" in err and "\n" not in err

@@ -174,7 +174,8 @@ def run_pretrain(
     right after saving its checkpoint, without final outputs."""
     run = _setup(cfg, out)
     state = _resume(run)
-    _log_plan(run)
+    if run.main:
+        _log_plan(run)
     train_seconds = _train(run, state, _stop_after)
     if train_seconds is None:  # interrupted by _stop_after
         return PretrainResult(run.model, run.tokenizer, {}, state.history)
@@ -187,10 +188,12 @@ def _load_data(cfg: PretrainConfig, out: Path, main: bool) -> tuple[Any, Chunks,
     """The tokenizer, the train and held-out chunks and the data report (``data.json``).
     Rank 0 builds (and caches) the corpus first; the other ranks then read the cache."""
     from zhtune.pretrain.corpus import load_corpus
+    from zhtune.pretrain.model import check_tokenizer
     from zhtune.runs import write_json
     from zhtune.text import load_tokenizer
 
     tokenizer = load_tokenizer(cfg.tokenizer_path)
+    check_tokenizer(tokenizer, cfg.objective)  # before the corpus is tokenized
     if not main:
         ddp.barrier()  # wait for rank 0's cache
     train, held_out, report = load_corpus(cfg, tokenizer)
@@ -211,7 +214,6 @@ def _load_data(cfg: PretrainConfig, out: Path, main: bool) -> tuple[Any, Chunks,
 
 def _setup(cfg: PretrainConfig, out: str | Path) -> PretrainRun:
     """Process group, run directory, data, a fresh model, optimizer, schedule and collator."""
-    from zhtune.pretrain.model import check_tokenizer
     from zhtune.runs import prepare_out_dir
 
     rank, world, device = ddp.init(resolve_device(cfg.device))
@@ -219,7 +221,6 @@ def _setup(cfg: PretrainConfig, out: str | Path) -> PretrainRun:
     if rank == 0:
         save_config(cfg, out_dir)
     tokenizer, train, held_out, report = _load_data(cfg, out_dir, rank == 0)
-    check_tokenizer(tokenizer, cfg.objective)
     autocast, precision = autocast_context(cfg.precision, device)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
@@ -301,7 +302,7 @@ def _log_plan(run: PretrainRun) -> None:
         run.steps_per_epoch, run.global_batch, cfg.batch_size, run.world,
         cfg.gradient_accumulation_steps, run.precision, run.device,
     )  # fmt: skip
-    if cfg.max_minutes and run.main:
+    if cfg.max_minutes:
         log.info("max_minutes %s: a hard stop only (the schedule is %d steps)", cfg.max_minutes, run.total)  # fmt: skip
 
 
@@ -362,7 +363,8 @@ def _train(run: PretrainRun, state: PretrainState, stop_after: int | None) -> fl
                                elapsed=state.prev_seconds + now - t_start)  # fmt: skip
             state.history.append(row)
             tracker.log(row, state.step)
-            _show_row(bar, row, run.total)
+            if run.main:
+                _show_row(bar, row, run.total)
             window = _Window(now)
         bar.update(1)
         if out_of_time and state.step < run.total:
@@ -381,6 +383,9 @@ def _train(run: PretrainRun, state: PretrainState, stop_after: int | None) -> fl
             return None
     bar.close()
     tracker.close()
+    if run.world > 1:
+        log.info("rank %d/%d trained %d steps on its rows of each global batch",
+                 run.rank, run.world, state.step)  # fmt: skip
     return seconds()
 
 
@@ -430,7 +435,8 @@ def _finish(run: PretrainRun, state: PretrainState, train_seconds: float) -> Pre
         ddp.barrier()
         model.eval()
         return PretrainResult(model, run.tokenizer, {}, history)
-    scores = evaluate(model, run.held_out, cfg, run.tokenizer, run.device, run.autocast)
+    scores = evaluate(model, run.held_out, cfg, run.tokenizer, run.device, run.autocast,
+                      batch_size=cfg.batch_size * run.world)  # the same masks as 1 process  # fmt: skip
     log.info("held-out: %s", scores)
     model.eval()
     tokenizer = set_generation_ids(model, run.tokenizer, cfg.objective)  # a copy for CLM

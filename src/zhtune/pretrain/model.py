@@ -146,7 +146,9 @@ def param_counts(model) -> dict[str, int]:
 
 # --- evaluation -------------------------------------------------------------------------
 @torch.no_grad()
-def evaluate(model, chunks, cfg: PretrainConfig, tokenizer, device, autocast) -> dict:
+def evaluate(
+    model, chunks, cfg: PretrainConfig, tokenizer, device, autocast, batch_size: int | None = None
+) -> dict:
     """Held-out loss, accuracy (argmax == target) and perplexity; masks are seeded, so the
     same chunks are scored the same way every time."""
     from zhtune.pretrain.corpus import batch_order
@@ -157,7 +159,8 @@ def evaluate(model, chunks, cfg: PretrainConfig, tokenizer, device, autocast) ->
     model.eval()
     collate = make_collator(cfg, tokenizer, seed=cfg.seed + 1)
     loss_sum, correct, n = 0.0, 0, 0
-    for idx in batch_order(chunks.lengths, cfg.batch_size, cfg.seed, 0, group_by_length=True):
+    size = batch_size or cfg.batch_size  # the masks depend on it: pass the same in every run
+    for idx in batch_order(chunks.lengths, size, cfg.seed, 0, group_by_length=True):
         batch = {k: v.to(device) for k, v in collate([chunks[i] for i in idx]).items()}
         with autocast():
             logits, target = predict_targets(model, batch, cfg.objective)
