@@ -28,6 +28,14 @@ def launched() -> bool:
 
 def init(device: torch.device) -> tuple[int, int, torch.device]:
     """Join the process group (gloo on CPU, nccl on CUDA); returns (rank, world, device)."""
+    for engine in ("DEEPSPEED", "FSDP"):
+        if os.environ.get(f"ACCELERATE_USE_{engine}", "").lower() in ("1", "true"):
+            from zhtune.errors import ConfigError
+
+            raise ConfigError(
+                f"zhtune pretrain runs plain DDP; the {engine.lower()} accelerate configs apply to "
+                "finetune/lora only (use configs/distributed/accelerate_ddp.yaml or torchrun)"
+            )
     if not launched():
         return 0, 1, device
     if device.type == "cuda":
