@@ -273,12 +273,12 @@ def test_max_minutes_is_a_hard_stop_and_a_resume_replays_the_schedule(corpus, ml
     stopped = run_pretrain(tiny(corpus, max_minutes=1e-6), tmp_path)  # stops after step 1
     m = stopped.metrics
     assert m["steps"] == 1 and m["planned_steps"] == 8
-    assert "stopped early by max_minutes" in m["stopped_early"]
+    assert m["stopped_early"] is True and "stopped early by max_minutes" in m["stop_reason"]
     assert [c.name for c in list_checkpoints(tmp_path / "checkpoints")] == ["step-00000001"]
     # the learning rate after step 1 is the 8-step schedule's (warm-up 2: half the peak)
     assert m["final_train_loss"] == pytest.approx(mlm_run[1].history[0]["loss"], rel=1e-6)
     resumed = run_pretrain(tiny(corpus), tmp_path)  # auto-resume from step-00000001
-    assert resumed.metrics["steps"] == 8 and resumed.metrics["stopped_early"] is None
+    assert resumed.metrics["steps"] == 8 and resumed.metrics["stopped_early"] is False
     ours, ref = (
         load_file(str(tmp_path / "model.safetensors")),
         load_file(str(mlm_run[0] / "model.safetensors")),

@@ -473,8 +473,9 @@ def _final_metrics(
         **scores,
         "steps": state.step,
         "planned_steps": run.total,
-        "stopped_early": state.stopped,
-        "stopped_by_time_budget": state.stopped,  # the older name of stopped_early
+        "stopped_early": state.stopped is not None,  # by max_minutes, before the last step
+        "stop_reason": state.stopped,
+        "stopped_by_time_budget": state.stopped,  # the older name of stop_reason
         "world_size": run.world,
         "global_batch_size": run.global_batch,
         "final_train_loss": history[-1]["loss"] if history else None,
@@ -513,6 +514,6 @@ def run_cli(ns: argparse.Namespace) -> int:
         f"perplexity {m.get('perplexity')}, {m['tokens_per_second']} tokens/s"
     )
     if m.get("stopped_early"):
-        print(f"note: {m['stopped_early']}")
+        print(f"note: {m['stop_reason']}")
     print(f"\nmodel directory: {ns.out}")
     return 0
