@@ -263,18 +263,29 @@ def test_cli_end_to_end(corpus, tmp_path, capsys):
     assert {"loss", "learning_rate", "tokens_per_second"} <= set(history[-1])
 
 
-def test_time_budget_decays_the_learning_rate_and_stops(corpus, tmp_path):
+def test_max_minutes_is_a_hard_stop_and_a_resume_replays_the_schedule(corpus, mlm_run, tmp_path):
+    from safetensors.torch import load_file
+
     from zhtune.pretrain.loop import _schedule
 
-    clock = {"seconds": 0.0}
-    f = _schedule(warmup=2, total=100, budget_seconds=60, clock=clock)
-    assert f(1) == 0.5 and f(10) == pytest.approx(90 / 98)
-    clock["seconds"] = 45  # three quarters of the budget: time is further along than steps
-    assert f(10) == pytest.approx(0.25)
-    clock["seconds"] = 61
-    assert f(10) == 0.0
-    result = run_pretrain(tiny(corpus, max_steps=1000, max_minutes=1e-4, save_steps=0), tmp_path)
-    assert result.metrics["steps"] < 1000 and result.metrics["stopped_by_time_budget"]
+    f = _schedule(warmup=2, total=100)  # a function of the step only, never of the clock
+    assert f(1) == 0.5 and f(10) == pytest.approx(90 / 98) and f(100) == 0.0
+    stopped = run_pretrain(tiny(corpus, max_minutes=1e-6), tmp_path)  # stops after step 1
+    m = stopped.metrics
+    assert m["steps"] == 1 and m["planned_steps"] == 8
+    assert m["stopped_early"] is True and "stopped early by max_minutes" in m["stop_reason"]
+    assert [c.name for c in list_checkpoints(tmp_path / "checkpoints")] == ["step-00000001"]
+    # the learning rate after step 1 is the 8-step schedule's (warm-up 2: half the peak)
+    assert m["final_train_loss"] == pytest.approx(mlm_run[1].history[0]["loss"], rel=1e-6)
+    resumed = run_pretrain(tiny(corpus), tmp_path)  # auto-resume from step-00000001
+    assert resumed.metrics["steps"] == 8 and resumed.metrics["stopped_early"] is False
+    ours, ref = (
+        load_file(str(tmp_path / "model.safetensors")),
+        load_file(str(mlm_run[0] / "model.safetensors")),
+    )
+    assert ours.keys() == ref.keys()
+    for k in ref:
+        assert torch.equal(ours[k], ref[k]), k
 
 
 def test_resume_refuses_a_different_model_shape(corpus, mlm_run):
@@ -283,3 +294,64 @@ def test_resume_refuses_a_different_model_shape(corpus, mlm_run):
     out, _ = mlm_run
     with pytest.raises(ZhtuneError, match="hidden_size=32 \\(now 16\\)"):
         run_pretrain(tiny(corpus, hidden_size=16), out)
+
+
+# --- a byte-level BPE tokenizer (Qwen2-like: pad = eos <|endoftext|>, no bos/cls/sep/mask) --
+EOT = "<|endoftext|>"
+
+
+@pytest.fixture(scope="module")
+def bpe_tokenizer(tmp_path_factory) -> Path:
+    """A small byte-level BPE trained here with the ``tokenizers`` library."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=600, special_tokens=[EOT], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(make_texts(200, seed=1), trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOT, pad_token=EOT)
+    path = tmp_path_factory.mktemp("bpe")
+    fast.save_pretrained(path)
+    return path
+
+
+def test_clm_with_a_bpe_tokenizer_ends_chunks_with_eos(corpus, bpe_tokenizer, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = load_tokenizer(str(bpe_tokenizer))
+    assert tok.cls_token_id is None and tok.bos_token_id is None and tok.mask_token_id is None
+    eos = tok.convert_tokens_to_ids(EOT)
+    cfg = tiny(corpus, objective="clm", tokenizer_path=str(bpe_tokenizer), save_steps=0)
+    train, _, _ = load_corpus(cfg, tok)
+    for i in range(len(train)):
+        ids, _ = train[i]
+        assert ids[-1] == eos and eos not in ids[:-1] and len(ids) <= cfg.max_seq_length
+    result = run_pretrain(cfg, tmp_path)
+    assert result.metrics["steps"] == 8 and np.isfinite(result.metrics["eval_loss"])
+    model = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert model.config.eos_token_id == eos == model.config.pad_token_id
+    assert model.config.bos_token_id is None and model.generation_config.eos_token_id == eos
+    saved = AutoTokenizer.from_pretrained(tmp_path)
+    assert saved.eos_token == EOT and saved.bos_token is None  # bos/eos kept, not [CLS]/[SEP]
+
+
+def test_mlm_without_a_mask_token_is_a_one_line_error(corpus, bpe_tokenizer, tmp_path, capsys):
+    from zhtune.cli import main
+
+    with pytest.raises(ConfigError, match="no mask token"):
+        run_pretrain(tiny(corpus, tokenizer_path=str(bpe_tokenizer)), tmp_path)
+    args = ["pretrain", "--out", str(tmp_path), "--text-files", str(corpus)]
+    code = main([*args, "--tokenizer-path", str(bpe_tokenizer), "--objective", "mlm"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "no mask token" in err and "\n" not in err
+
+
+@pytest.mark.parametrize("engine", ["DEEPSPEED", "FSDP"])
+def test_deepspeed_and_fsdp_are_refused_for_pretraining(corpus, tmp_path, monkeypatch, engine):
+    monkeypatch.setenv(f"ACCELERATE_USE_{engine}", "true")  # what accelerate launch sets
+    with pytest.raises(ConfigError, match="runs plain DDP"):
+        run_pretrain(tiny(corpus), tmp_path)

@@ -1,4 +1,4 @@
-"""``zhtune pretrain``: the loop (``loop``), whole-word masking and causal collators (``masking``), corpus reading, chunking and caching (``corpus``).
+"""``zhtune pretrain``: the loop (``loop``), its options (``config``), DDP (``distributed``), whole-word masking and causal collators (``masking``), corpus reading, chunking and caching (``corpus``).
 
 The names below are imported on first use, so importing the package loads no torch.
 """

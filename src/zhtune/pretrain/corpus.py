@@ -36,7 +36,7 @@ CACHE_VERSION = 1
 class Chunks:
     """Token chunks stored flat: chunk i is ``ids[starts[i]:starts[i+1]]``."""
 
-    ids: np.ndarray  # (N_tokens,) int32, [CLS] body [SEP] per chunk
+    ids: np.ndarray  # (N_tokens,) int32, [CLS] body [SEP] (or bos/eos) per chunk
     wids: np.ndarray  # (N_tokens,) int32, word id within the chunk, -1 = special token
     starts: np.ndarray  # (N_chunks + 1,) int64
 
@@ -131,18 +131,20 @@ def chunk_spans(wids: np.ndarray, body: int) -> list[tuple[int, int]]:
 
 
 def chunk_doc(
-    ids: np.ndarray, wids: np.ndarray, max_seq_length: int, cls_id: int, sep_id: int
+    ids: np.ndarray, wids: np.ndarray, max_seq_length: int, cls_id: int | None, sep_id: int
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """``[CLS] body [SEP]`` chunks with word ids renumbered per chunk (-1 at CLS/SEP)."""
+    """``[CLS] body [SEP]`` chunks with word ids renumbered per chunk (-1 at CLS/SEP);
+    ``cls_id`` None (a tokenizer without cls and bos, e.g. Qwen2's): ``body eos``."""
     from zhtune.pretrain.masking import compact_word_ids
 
+    head = [] if cls_id is None else [cls_id]
     out = []
-    for s, e in chunk_spans(wids, max_seq_length - 2):
+    for s, e in chunk_spans(wids, max_seq_length - 1 - len(head)):
         w = compact_word_ids(wids[s:e])
         out.append(
             (
-                np.concatenate([[cls_id], ids[s:e], [sep_id]]).astype(np.int32),
-                np.concatenate([[-1], w, [-1]]).astype(np.int32),
+                np.concatenate([head, ids[s:e], [sep_id]]).astype(np.int32),
+                np.concatenate([[-1] * len(head), w, [-1]]).astype(np.int32),
             )
         )
     return out
@@ -168,6 +170,15 @@ def build_chunks(texts: list[str], tokenizer, cfg: Any) -> tuple[Chunks, dict[st
     """Tokenize, chunk and deduplicate; returns the chunks and the drop counts."""
     from tqdm.auto import tqdm
 
+    from zhtune.pretrain.masking import boundary_ids
+
+    start_id, end_id = boundary_ids(tokenizer)
+    if end_id is None:
+        from zhtune.errors import ConfigError
+
+        raise ConfigError(
+            "tokenizer_path: the tokenizer has neither a [SEP] nor an eos token to end a chunk"
+        )
     pool: Pool | None = None
     docs: Iterator[tuple[np.ndarray, np.ndarray]]
     if cfg.num_workers > 0:
@@ -187,9 +198,7 @@ def build_chunks(texts: list[str], tokenizer, cfg: Any) -> tuple[Chunks, dict[st
             if len(ids) == 0:
                 empty += 1
                 continue
-            for chunk in chunk_doc(
-                ids, wids, cfg.max_seq_length, tokenizer.cls_token_id, tokenizer.sep_token_id
-            ):
+            for chunk in chunk_doc(ids, wids, cfg.max_seq_length, start_id, end_id):
                 key = chunk[0].tobytes()
                 if key in seen:
                     dup += 1

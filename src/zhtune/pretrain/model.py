@@ -5,7 +5,7 @@ evaluation, the optimizer, and the collators."""
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -18,13 +18,16 @@ def build_model(cfg: PretrainConfig, tokenizer) -> torch.nn.Module:
     """A randomly initialised standard HF model (seeded by ``cfg.seed``)."""
     from transformers import Qwen2Config, Qwen2ForCausalLM, RobertaConfig, RobertaForMaskedLM
 
+    from zhtune.pretrain.masking import boundary_ids, pad_id
+
     torch.manual_seed(cfg.seed)
     # positions beyond max_seq_length stay untrained but let fine-tuning use up to 512 tokens
     positions = max(cfg.max_seq_length, 512)
-    ids = {
-        "pad_token_id": tokenizer.pad_token_id,
-        "bos_token_id": tokenizer.cls_token_id,
-        "eos_token_id": tokenizer.sep_token_id,
+    start, end = boundary_ids(tokenizer)  # [CLS]/[SEP], else bos (may be None)/eos
+    ids: dict[str, Any] = {
+        "pad_token_id": pad_id(tokenizer),
+        "bos_token_id": start,
+        "eos_token_id": end,
     }
     if cfg.arch == "roberta":
         encoder_config = RobertaConfig(
@@ -76,6 +79,43 @@ def predict_targets(model, batch: dict, objective: str) -> tuple[torch.Tensor, t
     return logits, input_ids[:, 1:][scored]  # (M, V), (M,)
 
 
+def check_tokenizer(tokenizer, objective: str) -> None:
+    """One-line errors for a tokenizer the objective cannot use."""
+    from zhtune.errors import ConfigError
+    from zhtune.pretrain.masking import boundary_ids, pad_id
+
+    name = type(tokenizer).__name__
+    if objective == "mlm" and tokenizer.mask_token_id is None:
+        raise ConfigError(
+            f"tokenizer_path: {name} has no mask token, which objective mlm needs "
+            "(use objective clm, or a tokenizer with [MASK] / <mask>)"
+        )
+    if boundary_ids(tokenizer)[1] is None or pad_id(tokenizer) is None:
+        raise ConfigError(f"tokenizer_path: {name} has no [SEP]/eos token to end a text with")
+
+
+def set_generation_ids(model, tokenizer, objective: str):
+    """For CLM: the saved tokenizer and generation config say which token starts, ends and
+    pads a text (BERT vocabularies: [CLS] text [SEP]; BPE ones keep their own bos/eos).
+    Returns the tokenizer to save (a copy when it is changed; the caller's is untouched)."""
+    import copy
+
+    from zhtune.pretrain.masking import boundary_ids, pad_id
+
+    if objective != "clm":
+        return tokenizer
+    start, end = boundary_ids(tokenizer)
+    if tokenizer.eos_token is None or (tokenizer.bos_token is None and tokenizer.cls_token):
+        tokenizer = copy.deepcopy(tokenizer)
+        if tokenizer.bos_token is None and tokenizer.cls_token is not None:
+            tokenizer.bos_token = tokenizer.cls_token
+        if tokenizer.eos_token is None:
+            tokenizer.eos_token = tokenizer.sep_token
+    gen = model.generation_config
+    gen.pad_token_id, gen.eos_token_id, gen.bos_token_id = pad_id(tokenizer), end, start
+    return tokenizer
+
+
 def make_collator(cfg: PretrainConfig, tokenizer, seed: int):
     """Whole-word masking (MLM) or padding only (CLM); its ``generator`` is seeded."""
     from zhtune.pretrain.masking import CausalCollator, WholeWordMaskCollator
@@ -106,7 +146,9 @@ def param_counts(model) -> dict[str, int]:
 
 # --- evaluation -------------------------------------------------------------------------
 @torch.no_grad()
-def evaluate(model, chunks, cfg: PretrainConfig, tokenizer, device, autocast) -> dict:
+def evaluate(
+    model, chunks, cfg: PretrainConfig, tokenizer, device, autocast, batch_size: int | None = None
+) -> dict:
     """Held-out loss, accuracy (argmax == target) and perplexity; masks are seeded, so the
     same chunks are scored the same way every time."""
     from zhtune.pretrain.corpus import batch_order
@@ -117,7 +159,8 @@ def evaluate(model, chunks, cfg: PretrainConfig, tokenizer, device, autocast) ->
     model.eval()
     collate = make_collator(cfg, tokenizer, seed=cfg.seed + 1)
     loss_sum, correct, n = 0.0, 0, 0
-    for idx in batch_order(chunks.lengths, cfg.batch_size, cfg.seed, 0, group_by_length=True):
+    size = batch_size or cfg.batch_size  # the masks depend on it: pass the same in every run
+    for idx in batch_order(chunks.lengths, size, cfg.seed, 0, group_by_length=True):
         batch = {k: v.to(device) for k, v in collate([chunks[i] for i in idx]).items()}
         with autocast():
             logits, target = predict_targets(model, batch, cfg.objective)
