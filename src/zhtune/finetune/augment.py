@@ -51,7 +51,7 @@ class AugmentConfig:
     def __post_init__(self) -> None:
         parent = super()
         if hasattr(parent, "__post_init__"):
-            parent.__post_init__()  # type: ignore[misc]
+            parent.__post_init__()
         parse_augment(self.augment)
         check(
             self.augment_copies >= 1, "augment_copies", f"must be >= 1, got {self.augment_copies}"

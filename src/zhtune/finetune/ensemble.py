@@ -268,7 +268,8 @@ def run_cli(ns: argparse.Namespace) -> int:
     from zhtune.evaluation.metrics import format_table
 
     check_members(ns.runs)  # before reading a member's data settings
-    cfg = data_from_model(config_from_args(EnsembleConfig, ns), ns.runs[0])
+    # no data flags: the first member's own split settings (its config.yaml)
+    cfg: Any = data_from_model(config_from_args(EnsembleConfig, ns), ns.runs[0])  # type: ignore[arg-type]
     m = run_ensemble(cfg, ns.runs, ns.out)
     print(format_table(m["members"], [("name", "member"), ("kind", "kind"), ("weight", "weight"),
                                       ("dev_accuracy", "dev acc"), ("test_accuracy", "test acc")]))  # fmt: skip
