@@ -142,3 +142,13 @@ def test_bad_members_are_one_line_errors(members: dict, tmp_path: Path, capsys) 
     assert "not a zhtune run directory" in err(str(members["a"]), str(tmp_path))
     e = err(str(members["a"]), str(members["other"]))
     assert "different label sets" in e and "negative, positive" in e and "neg, pos" in e
+
+
+def test_export_refuses_an_ensemble_in_one_line(members: dict, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "ens"
+    assert main(["ensemble", str(members["a"]), str(members["b"]), "--method", "mean",
+                 "--out", str(out)]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert main(["export", "--model", str(out), "--out", str(tmp_path / "onnx")]) == 2
+    e = capsys.readouterr().err.strip()
+    assert "kind 'ensemble' cannot be exported" in e and len(e.splitlines()) == 1
