@@ -33,6 +33,23 @@ def test_weights_sum_to_one_and_match_the_hand_computation() -> None:
     assert combined == pytest.approx(0.375 * a + 0.625 * b)
 
 
+def test_a_member_with_weight_zero_is_not_run() -> None:
+    from zhtune.finetune.ensemble import EnsembleBackend
+
+    class Member:
+        def __init__(self, p: list[float] | None) -> None:
+            self.p = p
+
+        def predict_proba(self, texts, batch_size=32):
+            if self.p is None:
+                raise AssertionError("a member with weight 0 was run")
+            return np.tile(self.p, (len(texts), 1))
+
+    backend = EnsembleBackend([Member([0.2, 0.8]), Member(None)], ["a", "b"], "weighted",
+                              np.array([1.0, 0.0]))  # fmt: skip
+    assert backend.predict_proba(["x", "y"]) == pytest.approx(np.array([[0.2, 0.8]] * 2))
+
+
 def test_stack_of_two_identical_members_equals_that_member() -> None:
     rng = np.random.default_rng(0)
     p1 = rng.uniform(0.02, 0.98, 200)

@@ -9,7 +9,8 @@ Methods (fitted on the dev split of the data config; nothing is fitted for ``mea
 
 - ``mean``: the plain average of the members' probabilities;
 - ``weighted`` (default): ``sum_m w_m P_m`` with ``w`` on the simplex (``w >= 0``,
-  ``sum w = 1``) minimising the dev log-loss (``scipy.optimize.minimize``, SLSQP);
+  ``sum w = 1``) minimising the dev log-loss (``scipy.optimize.minimize``, SLSQP); a member
+  whose weight comes out 0 is not run at prediction time;
 - ``stack``: a scikit-learn ``LogisticRegression`` (no intercept) on the members'
   concatenated dev log-probabilities, centred per row (their logits); for two labels and
   one member (or identical members) it is a temperature on that member, so the predicted
@@ -48,6 +49,7 @@ log = logging.getLogger("zhtune")
 META_FILE = "ensemble.json"
 WEIGHTS_FILE = "ensemble.safetensors"
 METHODS = ("mean", "weighted", "stack")
+ZERO_WEIGHT = 1e-9  # weights below this are 0: the member is skipped at prediction time
 
 
 @dataclass
@@ -89,7 +91,7 @@ def fit_simplex_weights(member_probs: Sequence[np.ndarray], gold: Sequence[int])
         constraints=[{"type": "eq", "fun": lambda w: np.sum(w) - 1.0}],
         options={"ftol": 1e-12, "maxiter": 500},
     )
-    w = np.clip(res.x, 0.0, None)
+    w = np.where(res.x > ZERO_WEIGHT, res.x, 0.0)
     return w / w.sum()
 
 
@@ -142,8 +144,13 @@ class EnsembleBackend:
         self.weights, self.coef, self.intercept = np.asarray(weights), coef, intercept
 
     def predict_proba(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
-        probs = [m.predict_proba(list(texts), batch_size=batch_size) for m in self.members]
-        return combine(probs, self.method, self.weights, self.coef, self.intercept)
+        if self.method == "stack":
+            probs = [m.predict_proba(list(texts), batch_size=batch_size) for m in self.members]
+            return combine(probs, self.method, self.weights, self.coef, self.intercept)
+        # a member with weight 0 changes nothing: it is not run at all
+        used = [i for i, w in enumerate(self.weights) if w > ZERO_WEIGHT]
+        probs = [self.members[i].predict_proba(list(texts), batch_size=batch_size) for i in used]
+        return combine(probs, self.method, self.weights[used])
 
     def save(self, out: Path, member_paths: list[str], kinds: list[str]) -> None:
         from safetensors.numpy import save_file
