@@ -214,6 +214,16 @@ def check_members(paths: Sequence[str | Path]) -> tuple[list[str], list[str], li
     return list(found), [k for k, _ in found.values()], first[1]
 
 
+def _members_total(paths: list[str], key: str) -> int:
+    """Sum of ``key`` (``parameters``, ``model_bytes``) over the members' metrics.json."""
+    from zhtune.evaluation.evaluate import count_parameters
+    from zhtune.evaluation.scoring import dir_size
+
+    if key == "parameters":
+        return sum(count_parameters(p) or 0 for p in paths)
+    return sum(dir_size(p) for p in paths)
+
+
 def _member_name(path: str) -> str:
     return Path(path).name or path
 
@@ -257,6 +267,9 @@ def run_ensemble(cfg: EnsembleConfig, members: Sequence[str | Path], out: str | 
         "method": cfg.method,
         "dev_accuracy": dev_acc,
         "members": per_member,
+        # the members' parameters and weight files count: they all run at prediction time
+        "parameters": _members_total(paths, "parameters") + int(weights.size),
+        "model_bytes": _members_total(paths, "model_bytes"),
     }
     metrics = write_test_outputs(clf, splits, out, extra=extra, batch_size=cfg.batch_size)
     write_json(out / "members.json", per_member)
