@@ -36,6 +36,7 @@ KIND_MODULES: dict[str, str] = {
     "lora-head": "zhtune.llm.lora",
     "scoring": "zhtune.llm.lora",
     "onnx": "zhtune.serving.export",
+    "ensemble": "zhtune.finetune.ensemble",
 }
 
 

@@ -142,6 +142,14 @@ MODULE_COMMANDS: dict[str, tuple[str, str]] = {
         "export a model to ONNX (optionally int8) and check parity",
     ),
     "serve": ("zhtune.serving.server", "HTTP API and web page for a model (FastAPI + uvicorn)"),
+    "ensemble": (
+        "zhtune.finetune.ensemble",
+        "combine several runs: mean, dev-fitted weights, stacking",
+    ),
+    "distill": (
+        "zhtune.finetune.distill",
+        "distill any model (an ensemble too) into an encoder student",
+    ),
     "runs": ("zhtune.training.runs_cli", "list the runs in a directory"),
     "tune": ("zhtune.tune", "hyperparameter search with Optuna"),
 }

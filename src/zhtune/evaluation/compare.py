@@ -67,6 +67,24 @@ def check_same_labels(model_paths: Sequence[str | Path]) -> list[str]:
     return list(next(iter(distinct))) if distinct else []
 
 
+def with_ensemble_members(paths: list[str]) -> list[str]:
+    """Each ensemble followed by those of its members not already given (listed beside it)."""
+    seen = {str(Path(p).resolve()) for p in paths}
+    out: list[str] = []
+    for p in paths:
+        out.append(p)
+        manifest = read_manifest(p) if Path(p).is_dir() else None
+        for m in (
+            (manifest or {}).get("members", [])
+            if (manifest or {}).get("kind") == "ensemble"
+            else []
+        ):
+            if str(Path(m).resolve()) not in seen:
+                seen.add(str(Path(m).resolve()))
+                out.append(m)
+    return out
+
+
 def _names(model_paths: Sequence[str | Path]) -> list[str]:
     names: list[str] = []
     for p in model_paths:
@@ -106,6 +124,7 @@ def compare_runs(
     title = title or getattr(data_cfg, "title", None) or "zhtune model comparison"
     save_config(cfg, out)
     paths = [str(p) for p in model_paths]
+    paths = paths if names else with_ensemble_members(paths)
     labels = check_same_labels(paths) if paths else None
     splits = load_splits(cfg)
     data_labels = list(splits.label_map.names)

@@ -19,6 +19,7 @@ from typing import Any
 from zhtune.config import add_config_args, arg, check, config_from_args, save_config
 from zhtune.data import DataConfig, load_splits
 from zhtune.errors import ConfigError, ModelLoadError, ZhtuneError
+from zhtune.finetune.augment import AugmentConfig, augment_splits
 from zhtune.runs import prepare_out_dir, write_json, write_manifest
 from zhtune.training.tracking import finish_run, is_main_process
 from zhtune.training.trainer import TrainingConfig, count_parameters, free_memory, run_trainer
@@ -30,7 +31,7 @@ SCRATCH = ("none", "scratch")
 RESUME_MUST_MATCH = (
     "model", "tokenizer", "from_scratch", "hidden_size", "num_hidden_layers",
     "num_attention_heads", "intermediate_size", "max_length", "batch_size",
-    "gradient_accumulation_steps",
+    "gradient_accumulation_steps", "augment", "augment_copies", "augment_rate",
 )  # fmt: skip
 # config attribute names of the dropout probabilities, per architecture family
 HIDDEN_DROPOUT_ATTRS = ("hidden_dropout_prob", "dropout", "hidden_dropout")
@@ -38,7 +39,7 @@ ATTENTION_DROPOUT_ATTRS = ("attention_probs_dropout_prob", "attention_dropout")
 
 
 @dataclass
-class FinetuneConfig(TrainingConfig):
+class FinetuneConfig(AugmentConfig, TrainingConfig):
     """Fine-tune an encoder (BERT/RoBERTa family) with a classification head."""
 
     model: str = arg(
@@ -259,7 +260,7 @@ def run_finetune(cfg: FinetuneConfig, out: str | Path) -> dict:
     check_resume_matches(cfg, out)
     if main:
         save_config(cfg, out)
-    splits = load_splits(cfg)
+    splits = augment_splits(load_splits(cfg), cfg)  # train rows only
     if main:
         write_json(out / "data.json", splits.report)
     for w in splits.report["warnings"]:

