@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 
 from zhtune.errors import ZhtuneError
-from zhtune.training.checkpoints import STATE_FILE
 from zhtune.runs import BUILTIN_MODELS_DIR, SHA256SUMS, write_json
+from zhtune.training.checkpoints import STATE_FILE
 
 HELDOUT_CHUNKS = 200  # held-out chunks shipped with a model (of the run's 1,000)
 
