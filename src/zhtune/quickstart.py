@@ -108,7 +108,7 @@ class QuickstartConfig(DataConfig):
     pretrain_minutes: float | None = arg(
         None, "wall-clock cap on pretraining (stops it early, with a warning; None = off)"
     )
-    pretrain_max_steps: int = arg(3000, "pretraining steps (the schedule's length)")
+    pretrain_max_steps: int = arg(2000, "pretraining steps (the schedule's length)")
     pretrain_seq_length: int = arg(128, "tokens per pretraining chunk")
     pretrain_batch_size: int = arg(32, "pretraining batch size")
     pretrain_learning_rate: float = arg(1e-3, "pretraining peak learning rate")
