@@ -150,3 +150,11 @@ def test_summary_reads_like_a_person_wrote_it():
     assert "(+2.0 points; target +1 point met)" in verdict
     assert "+6.8 points over the same model from random weights (target +2 points met)" in verdict
     assert verdict.endswith("constant predictors (one class for every text): zero-shot.")
+
+
+@pytest.mark.parametrize("command", ["quickstart", "data"])
+def test_help_renders(command, capsys):
+    """argparse formats help with %: a stray one in a help text used to crash --help."""
+    with pytest.raises(SystemExit) as e:
+        main([command, "--help"])
+    assert e.value.code == 0 and "--" in capsys.readouterr().out

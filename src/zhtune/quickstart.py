@@ -120,7 +120,7 @@ class QuickstartConfig(DataConfig):
         None, "learning rate of the scratch control (default: finetune_learning_rate)"
     )
     batch_size: int = arg(32, "fine-tuning batch size")
-    max_length: int = arg(256, "fine-tuning max tokens per text (reviews: 98% fit in 256)")
+    max_length: int = arg(256, "fine-tuning max tokens per text (reviews: 98 percent fit in 256)")
     eval_every: float = arg(0.25, "dev evaluation every N steps or fraction of an epoch")
     patience: int | None = arg(None, "early stopping patience in evaluations (None = off)")
     precision: str = arg(
