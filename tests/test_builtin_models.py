@@ -87,3 +87,25 @@ def test_every_model_shipped_in_the_package(name, folder):
         recorded["heldout_sample"]["eval_loss"], abs=1e-3
     )
     assert recorded["heldout_sample"]["eval_loss"] < recorded["unigram_loss"]
+
+
+def test_quickstart_fine_tunes_a_shipped_fp16_base(shipped, monkeypatch, tmp_path):
+    """--base-model builtin:NAME end to end: fp16 weights are trained in fp32, and the
+    scratch control takes the base's architecture."""
+    from zhtune.quickstart import QuickstartConfig, run_quickstart
+
+    monkeypatch.setattr(zhtune.runs, "BUILTIN_MODELS_DIR", shipped.parent)
+    cfg = QuickstartConfig(base_model="builtin:tiny", max_train_samples=64, max_eval_samples=32,
+                           finetune_max_steps=2, eval_every=2, max_length=32, batch_size=16,
+                           skip_baseline=True, skip_compare=True, skip_llm=True,
+                           progress=False, report_to="none", precision="fp32")  # fmt: skip
+    rows = run_quickstart(cfg, tmp_path / "qs")
+    assert [r["run"] for r in rows] == ["finetune", "scratch"]
+    assert rows[0]["model"] == "tiny (shipped base) + fine-tuned"
+    tuned = json.loads((tmp_path / "qs" / "finetune" / "config.json").read_text(encoding="utf-8"))
+    scratch = json.loads((tmp_path / "qs" / "scratch" / "config.json").read_text(encoding="utf-8"))
+    assert tuned["dtype"] == "float32"
+    for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"):
+        assert scratch[k] == tuned[k], k  # the base's architecture, not the config's default
+    assert tuned["hidden_size"] == 32
+    assert all(r["accuracy"] == r["accuracy"] for r in rows)  # not NaN (fp16 weights, fp32 run)

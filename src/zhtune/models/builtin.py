@@ -133,6 +133,10 @@ def ship_model(
     if fp16:
         model = model.to(torch.float16)
     model.save_pretrained(dest, safe_serialization=True)
+    if fp16:  # stored in fp16, loaded in fp32: dtype "auto" reads config.json's dtype
+        conf = json.loads((dest / "config.json").read_text(encoding="utf-8"))
+        conf["dtype"] = "float32"
+        (dest / "config.json").write_text(json.dumps(conf, indent=2) + "\n", encoding="utf-8")
     tokenizer.save_pretrained(dest)
     save_config(cfg, dest)
     (dest / "config.yaml").rename(dest / "pretrain-config.yaml")
