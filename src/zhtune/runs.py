@@ -125,3 +125,55 @@ def check_safetensors_file(f: Path) -> None:
             f"{f}: not a valid safetensors file (truncated or corrupt: {e}); "
             "copy or download the model again"
         ) from None
+
+
+# --- built-in base models: `--model builtin:NAME` ---------------------------------------
+BUILTIN_PREFIX = "builtin:"
+BUILTIN_MODELS_DIR = Path(__file__).parent / "assets" / "models"  # package data
+SHA256SUMS = "SHA256SUMS"
+
+
+def builtin_models() -> dict[str, Path]:
+    """The base models shipped with zhtune: name -> directory (with its SHA256SUMS)."""
+    root = BUILTIN_MODELS_DIR
+    if not root.is_dir():
+        return {}
+    return {d.name: d for d in sorted(root.iterdir()) if (d / SHA256SUMS).is_file()}
+
+
+def resolve_model(ref: str) -> str:
+    """``builtin:NAME`` -> the shipped model's directory (sha256-checked); anything else as is.
+
+    The one place a ``--model`` reference to a shipped base checkpoint is resolved."""
+    if not isinstance(ref, str) or not ref.strip().startswith(BUILTIN_PREFIX):
+        return ref
+    name = ref.strip()[len(BUILTIN_PREFIX) :].strip()
+    found = builtin_models()
+    if name not in found:
+        avail = ", ".join(BUILTIN_PREFIX + n for n in found) or "none are shipped in this version"
+        raise ModelLoadError(f"--model {ref}: no built-in model {name!r} (available: {avail})")
+    verify_sha256(found[name])
+    return str(found[name])
+
+
+def verify_sha256(folder: Path) -> dict[str, str]:
+    """Check every file listed in ``folder/SHA256SUMS`` (``HEX  NAME`` lines); returns them."""
+    import hashlib
+
+    sums = {}
+    listing = folder / SHA256SUMS
+    for no, line in enumerate(listing.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        digest, _, name = line.partition("  ")
+        f = folder / name.strip()
+        if not f.is_file():
+            raise ModelLoadError(f"{listing}:{no}: {name.strip()} is missing; reinstall zhtune")
+        actual = hashlib.sha256(f.read_bytes()).hexdigest()
+        if actual != digest.strip():
+            raise ModelLoadError(
+                f"{listing}:{no}: {name.strip()} has sha256 {actual[:12]}..., expected "
+                f"{digest.strip()[:12]}...: the file is corrupt; reinstall zhtune"
+            )
+        sums[name.strip()] = actual
+    return sums

@@ -20,7 +20,7 @@ from zhtune.config import add_config_args, arg, check, config_from_args, save_co
 from zhtune.data import DataConfig, load_splits
 from zhtune.errors import ConfigError, ModelLoadError, ZhtuneError
 from zhtune.finetune.augment import AugmentConfig, augment_splits
-from zhtune.runs import prepare_out_dir, write_json, write_manifest
+from zhtune.runs import prepare_out_dir, resolve_model, write_json, write_manifest
 from zhtune.training.tracking import finish_run, is_main_process
 from zhtune.training.trainer import TrainingConfig, count_parameters, free_memory, run_trainer
 
@@ -72,6 +72,7 @@ class FinetuneConfig(AugmentConfig, TrainingConfig):
             "model",
             "give --model DIR|HUB_ID, or --model none for a randomly initialised tiny RoBERTa",
         )
+        self.model = resolve_model(self.model)  # builtin:NAME -> its shipped directory
         for name in ("hidden_dropout", "attention_dropout"):
             v = getattr(self, name)
             check(v is None or 0 <= v < 1, name, f"must be in [0, 1), got {v}")

@@ -31,7 +31,7 @@ from zhtune.data import DataConfig, load_splits
 from zhtune.llm.models import load_backend  # noqa: F401 - Classifier kinds lora-head, scoring
 from zhtune.llm.scoring import DEFAULT_TEMPLATE, SCORE_NORMS, WORD_AGGS, parse_label_words
 from zhtune.llm.scoring import parse_template as _parse_template
-from zhtune.runs import prepare_out_dir, write_json, write_manifest
+from zhtune.runs import prepare_out_dir, resolve_model, write_json, write_manifest
 from zhtune.training.tracking import finish_run, is_main_process
 from zhtune.training.trainer import TrainingConfig, count_parameters, free_memory, run_trainer
 
@@ -69,6 +69,7 @@ class LlmConfig(TrainingConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         check(bool(self.model.strip()), "model", "give --model DIR|HUB_ID (a causal LM)")
+        self.model = resolve_model(self.model)  # builtin:NAME -> its shipped directory
         check(self.lora_r >= 1, "lora_r", f"must be >= 1, got {self.lora_r}")
         check(self.lora_alpha >= 1, "lora_alpha", f"must be >= 1, got {self.lora_alpha}")
         check(0 <= self.lora_dropout < 1, "lora_dropout", f"must be in [0, 1), got {self.lora_dropout}")  # fmt: skip

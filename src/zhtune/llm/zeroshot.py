@@ -19,7 +19,7 @@ from zhtune.config import add_config_args, arg, check, config_from_args, save_co
 from zhtune.data import DataConfig, load_splits
 from zhtune.llm.scoring import DEFAULT_TEMPLATE, SCORE_NORMS, WORD_AGGS, parse_label_words
 from zhtune.llm.scoring import parse_template as _parse_template
-from zhtune.runs import prepare_out_dir, write_json, write_manifest
+from zhtune.runs import prepare_out_dir, resolve_model, write_json, write_manifest
 
 log = logging.getLogger("zhtune")
 
@@ -44,6 +44,7 @@ class ZeroShotConfig(DataConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         check(bool(self.model.strip()), "model", "give --model DIR|HUB_ID (a causal LM)")
+        self.model = resolve_model(self.model)  # builtin:NAME -> its shipped directory
         check(8 <= self.max_length <= 8192, "max_length", "must be between 8 and 8192")
         check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
         self.prompt_template = _parse_template(self.prompt_template)

@@ -429,7 +429,7 @@ def run_trainer(
     model's input columns). ``loss_fn="auto"`` builds the loss from ``cfg``; pass None for
     the model's own loss or your own ``compute_loss_func``. Writes ``history.jsonl``,
     TensorBoard logs in ``out/tensorboard`` and ``training_curves.png`` into ``out``."""
-    from transformers import DataCollatorWithPadding, EarlyStoppingCallback
+    from transformers import DataCollatorWithPadding, EarlyStoppingCallback, PrinterCallback
 
     _SeededOrderTrainer = _seeded_order_trainer_class()  # noqa: N806
 
@@ -462,6 +462,8 @@ def run_trainer(
         compute_loss_func=loss_fn,
         callbacks=cbs,
     )
+    if not cfg.progress:  # no bar, and no raw log dicts printed instead (history.jsonl has them)
+        trainer.remove_callback(PrinterCallback)
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     if type(base).__name__.endswith("ForSequenceClassification"):
         # these heads average their own loss and ignore num_items_in_batch: without this the

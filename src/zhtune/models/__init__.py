@@ -1,0 +1,1 @@
+"""Base models shipped with zhtune (`--model builtin:NAME`): see :mod:`zhtune.models.builtin`."""
