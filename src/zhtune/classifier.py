@@ -98,7 +98,14 @@ class Classifier:
 
         ``calibrated=True`` applies the temperature fitted by ``zhtune evaluate``
         (``calibration.json``). Extra keyword arguments go to the kind's loader
-        (e.g. ``device``, ``allow_pickle``)."""
+        (e.g. ``allow_pickle``). ``device``: ``auto`` (default: the first GPU if there is
+        one), ``cpu``, ``cuda`` or ``cuda:N`` (:mod:`zhtune.device`); the TF-IDF baseline
+        and ONNX models run on CPU."""
+        device = kw.get("device")
+        if device is not None and str(device).lower() not in ("auto", "cpu"):
+            from zhtune.device import resolve_device
+
+            resolve_device(str(device))  # one-line error for cuda without CUDA, bad specs
         p = Path(path)
         manifest = read_manifest(p) if p.is_dir() else None
         if manifest is None:

@@ -399,6 +399,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="allow a model whose weights are only .bin (pickle) files, if you trust them",
     )
+    from zhtune.device import add_device_arg
+
+    add_device_arg(p)
     add_config_args(p, EvaluateConfig)
 
 
@@ -427,11 +430,10 @@ def run_cli(ns: argparse.Namespace) -> int:
     cfg = data_from_model(config_from_args(EvaluateConfig, ns), ns.model)
     if ns.no_robustness:
         cfg.robustness = False
-    model = ns.model
-    if ns.allow_pickle:
-        from zhtune.classifier import Classifier
+    from zhtune.classifier import Classifier
 
-        model = Classifier.load(ns.model, allow_pickle=True)
+    kw = {"allow_pickle": True} if ns.allow_pickle else {}
+    model = Classifier.load(ns.model, device=ns.device, **kw)
     row = evaluate_model(model, cfg, ns.out, save_temperature_to_model=ns.save_temperature)
     print(format_table([row], SUMMARY_COLUMNS))
     a = row["abstain_threshold"]

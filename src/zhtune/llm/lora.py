@@ -54,6 +54,9 @@ class LlmConfig(TrainingConfig):
     target_modules: list[str] = arg(DEFAULT_TARGETS, "linear layers that get LoRA adapters")
     qlora: bool = arg(False, "load the base in 4-bit NF4 + double quantization (bitsandbytes)")
     gradient_checkpointing: bool = arg(False, "recompute activations in backward (less memory)")
+    trust_remote_code: bool = arg(
+        False, "run a custom-code checkpoint's own Python code (auto_map); only code you trust"
+    )
     freeze_base: bool = arg(False, "mode head: train only the classification head (no LoRA)")
     prompt_template: str = arg(DEFAULT_TEMPLATE, "mode scoring: prompt with {text} (\\n = newline)")
     label_words: dict[str, str] | str | None = arg(
@@ -109,7 +112,12 @@ def build_model(cfg: LlmConfig, labels: list[str], tokenizer: Any, splits: Any):
         scorer = LabelScorer(tokenizer, cfg.prompt_template, words, cfg.score_norm,
                              cfg.word_agg, cfg.max_length)  # fmt: skip
     seed_everything(cfg.seed)  # the new head and the LoRA matrices start the same
-    base = load_base(cfg.model, cfg.mode, tokenizer, labels, qlora=cfg.qlora)
+    from zhtune.device import frozen_dtype
+
+    # frozen base: bf16 on a GPU under mixed precision, fp32 on CPU; adapters/head fp32
+    base = load_base(cfg.model, cfg.mode, tokenizer, labels, qlora=cfg.qlora,
+                     dtype=frozen_dtype(cfg.precision),
+                     trust_remote_code=cfg.trust_remote_code)  # fmt: skip
     lora: dict[str, Any] = dict(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
                 target_modules=cfg.target_modules, qlora=cfg.qlora,
                 gradient_checkpointing=cfg.gradient_checkpointing)  # fmt: skip
