@@ -20,6 +20,7 @@ checkpoints (adapter only), resume, history and figures are those of ``zhtune fi
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -63,6 +64,9 @@ class LlmConfig(TrainingConfig):
         None,
         "mode scoring: LABEL=WORD[|WORD...],... (default: 正面/负面/中性 for sentiment labels, "
         "else the label names)",
+    )
+    chat_template: bool = arg(
+        False, "mode scoring: wrap the prompt with the tokenizer's chat template (instruct models)"
     )
     score_norm: str = arg("sum", "multi-token words: sum or mean of token log-probs", SCORE_NORMS)
     word_agg: str = arg("logsumexp", "several words per class: combine their scores", WORD_AGGS)
@@ -110,7 +114,8 @@ def build_model(cfg: LlmConfig, labels: list[str], tokenizer: Any, splits: Any):
     if cfg.mode == "scoring":  # bad label words / template fail before the model loads
         words = resolve_label_words(labels, cfg.label_words)
         scorer = LabelScorer(tokenizer, cfg.prompt_template, words, cfg.score_norm,
-                             cfg.word_agg, cfg.max_length)  # fmt: skip
+                             cfg.word_agg, cfg.max_length,
+                             chat_template=cfg.chat_template)  # fmt: skip
     seed_everything(cfg.seed)  # the new head and the LoRA matrices start the same
     from zhtune.device import frozen_dtype
 
@@ -141,6 +146,7 @@ def build_model(cfg: LlmConfig, labels: list[str], tokenizer: Any, splits: Any):
         "label_words": scorer.label_words,
         "score_norm": cfg.score_norm,
         "word_agg": cfg.word_agg,
+        "chat_template": cfg.chat_template,
     }
     return model, train, dev, ScoringCollator(scorer), extra
 
@@ -208,11 +214,15 @@ def run_lora(cfg: LlmConfig, out: str | Path) -> dict:
         cfg.model, cfg.mode, ", qlora" if cfg.qlora else "", ", frozen base" if cfg.freeze_base
         else "", trainable, params, len(splits.train), len(splits.dev), len(splits.test),
     )  # fmt: skip
+    train_cfg = cfg
+    if cfg.mode == "scoring":  # an eval batch of B texts forwards B x W candidate rows
+        W = model.scorer.n_words
+        train_cfg = dataclasses.replace(cfg, eval_batch_size=max(1, cfg.eval_bs // W))
     result = run_trainer(
         model,
         train,
         dev,
-        cfg,
+        train_cfg,
         out,
         labels,
         tokenizer=tokenizer,
@@ -274,7 +284,6 @@ def run_llm_branch(
     training and ``max_eval_samples`` dev/test rows. Each row is the run's ``metrics.json``:
     model, accuracy, macro_f1, train_seconds, model_bytes, texts_per_second, parameters,
     pretrain_seconds, ..."""
-    import dataclasses
 
     from zhtune.llm.zeroshot import ZeroShotConfig, run_zero_shot
 

@@ -496,7 +496,7 @@ class ScoringBackend:
 
     def predict_proba(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
         # a batch is batch_size texts x W label words; keep the rows per forward bounded
-        per = max(1, batch_size // max(1, self.scorer.n_words // 2))
+        per = max(1, batch_size // max(1, self.scorer.n_words))
         return softmax(self.scorer.predict_scores(self.model, texts, per))
 
 
@@ -508,6 +508,7 @@ def scorer_from_manifest(tokenizer: Any, manifest: dict) -> LabelScorer:
         manifest.get("score_norm", "sum"),
         manifest.get("word_agg", "logsumexp"),
         int(manifest.get("max_length", 128)),
+        chat_template=bool(manifest.get("chat_template", False)),
     )
 
 

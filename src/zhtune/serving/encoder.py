@@ -183,10 +183,7 @@ class EncoderBackend:
             )
         max_len = max_length or int(getattr(model.config, "zhtune_max_length", 0) or 128)
         model.eval()
-        if int8:
-            model = quantize_int8(model)
-        else:
-            model = model.to(dev)
+        model = quantize_int8(model) if int8 else model.to(dev)
         return cls(model, tokenizer, max_len, int8=int8, device=dev)
 
     def predict_logits(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:

@@ -101,7 +101,10 @@ class OnnxBackend:
 
 
 def load_backend(
-    path: Path | str, manifest: dict, int8: bool | None = None, device: object = "auto",
+    path: Path | str,
+    manifest: dict,
+    int8: bool | None = None,
+    device: object = "auto",
     **_: object,
 ) -> OnnxBackend:
     """``int8=None`` runs the file the export chose; ``True``/``False`` pick one explicitly.
