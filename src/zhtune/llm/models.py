@@ -101,6 +101,9 @@ def model_ref(model: str) -> str:
         raise ModelLoadError(f"{model}: not a model directory")
     if local.is_absolute() or model.startswith((".", "~")) or model.count("/") > 1:
         raise ModelLoadError(f"{model}: no such model directory")
+    from zhtune.classifier import _check_hub_id
+
+    _check_hub_id(model)  # one line when neither cached nor reachable (offline mode too)
     return model
 
 
