@@ -224,7 +224,10 @@ def _calibrate(
     """Confidence report with a temperature fitted on dev: ``confidence.json``,
     ``calibration.json`` (and into the model directory when ``save_to_model``)."""
     fit_split = "dev"
-    dev_probs = ev.clf.predict_proba(splits.dev.texts, batch_size=cfg.batch_size)
+    from zhtune.probs import softmax
+
+    dev_logits = ev.clf.predict_logits(splits.dev.texts, batch_size=cfg.batch_size)
+    dev_probs = softmax(dev_logits)  # the temperature is fitted on the logits themselves
     dev_gold = splits.dev.label_ids(splits.label_map)
     conf = confidence_report(
         ev.probs,
@@ -233,6 +236,7 @@ def _calibrate(
         dev_gold,
         target_accuracy=cfg.target_accuracy,
         n_bins=cfg.n_bins,
+        dev_logits=dev_logits,
     )
     conf["fit_split"] = fit_split
     if cfg.split == fit_split:

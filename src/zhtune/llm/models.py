@@ -477,6 +477,9 @@ class HeadBackend:
         self.labels, self.max_length = labels, max_length
 
     def predict_proba(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
+        return softmax(self.predict_logits(texts, batch_size))
+
+    def predict_logits(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
         from zhtune.serving.encoder import encode_batches
 
         out = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
@@ -487,7 +490,7 @@ class HeadBackend:
             ):
                 inputs = {k: torch.from_numpy(v).to(device) for k, v in feed.items()}
                 out[idx] = self.model(**inputs).logits.float().cpu().numpy()  # (B, C)
-        return softmax(out)
+        return out
 
 
 class ScoringBackend:
@@ -497,10 +500,14 @@ class ScoringBackend:
         self.model, self.scorer = model, scorer
         self.labels = scorer.labels
 
-    def predict_proba(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
+    def predict_logits(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
+        """Class scores (N, C): the logits of label scoring."""
         # a batch is batch_size texts x W label words; keep the rows per forward bounded
         per = max(1, batch_size // max(1, self.scorer.n_words))
-        return softmax(self.scorer.predict_scores(self.model, texts, per))
+        return self.scorer.predict_scores(self.model, texts, per)
+
+    def predict_proba(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
+        return softmax(self.predict_logits(texts, batch_size))
 
 
 def scorer_from_manifest(tokenizer: Any, manifest: dict) -> LabelScorer:
