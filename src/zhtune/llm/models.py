@@ -73,7 +73,8 @@ def limit_heap_fragmentation() -> bool:
     32 MiB after the first big free) these temporaries and the activations between them come
     from the heap, fragment it, and a QLoRA run's resident memory grows by up to ~1 GiB for a
     0.5B model (docs/llm.md). A fixed threshold returns big blocks to the system on free.
-    Process-wide; called for QLoRA on CPU (``load_base(qlora=True)``)."""
+    Process-wide, so library code never calls it: the ``zhtune`` CLI does, for ``lora`` /
+    ``zero-shot`` with ``--qlora`` (``zhtune.cli.main``); scripts may call it themselves."""
     import ctypes
     import sys
 
@@ -214,7 +215,6 @@ def load_base(
     kw["dtype"] = dtype if dtype is not None else trainable_dtype()
     if qlora:
         check_qlora_device(device)
-        limit_heap_fragmentation()
         kw["quantization_config"] = quantization_config(compute_dtype(device))
         kw["device_map"] = local_device_map(device)
         kw["dtype"] = torch.float32  # the non-quantized parts (norms, score/lm_head)
