@@ -258,3 +258,51 @@ def test_custom_code_checkpoint_is_refused_in_one_line(qwen, tmp_path, capsys):
     assert main(args) == 2
     lines = [x for x in capsys.readouterr().err.splitlines() if ": error: " in x]
     assert len(lines) == 1 and "--trust-remote-code" in lines[0]
+
+
+# the config.json keys of hfl/chinese-roberta-wwm-ext, with tiny sizes
+ROBERTA_WWM_EXT = {
+    "architectures": ["BertForMaskedLM"], "attention_probs_dropout_prob": 0.1,
+    "bos_token_id": 0, "directionality": "bidi", "eos_token_id": 2, "hidden_act": "gelu",
+    "hidden_dropout_prob": 0.1, "hidden_size": 32, "initializer_range": 0.02,
+    "intermediate_size": 64, "layer_norm_eps": 1e-12, "max_position_embeddings": 512,
+    "model_type": "bert", "num_attention_heads": 2, "num_hidden_layers": 2, "output_past": True,
+    "pad_token_id": 0, "pooler_fc_size": 768, "pooler_num_attention_heads": 12,
+    "pooler_num_fc_layers": 3, "pooler_size_per_head": 128,
+    "pooler_type": "first_token_transform", "type_vocab_size": 2, "vocab_size": 21128,
+}  # fmt: skip
+
+
+@pytest.mark.slow  # finetune + evaluate + ONNX export: about a minute on a busy 2-core machine
+def test_bert_architecture_stand_in_finetune_evaluate_export(tmp_path):
+    from transformers import AutoModelForSequenceClassification, BertConfig, BertForMaskedLM
+
+    from zhtune.text import load_tokenizer
+
+    base = tmp_path / "roberta-wwm-ext"
+    torch.manual_seed(0)
+    BertForMaskedLM(BertConfig(**ROBERTA_WWM_EXT)).save_pretrained(base)
+    load_tokenizer().save_pretrained(base)
+    train = write_csv(tmp_path / "train.csv", labelled_rows(2))
+    run = tmp_path / "ft"
+    assert main(["finetune", "--model", str(base), "--train", str(train), "--out", str(run),
+                 "--max-steps", "4", "--eval-every", "4", "--batch-size", "8",
+                 "--progress", "false", "--report-to", "none"]) == 0  # fmt: skip
+    texts = POS[:4] + NEG[:4] + ["带[SEP]的文本"]
+    ours = Classifier.load(run, device="cpu").predict_proba(texts)
+    # plain transformers on the same directory (user text: special-token text split)
+    tok = load_tokenizer(str(run))
+    model = AutoModelForSequenceClassification.from_pretrained(str(run)).eval()
+    assert model.config.type_vocab_size == 2
+    enc = tok(texts, padding=True, return_tensors="pt", split_special_tokens=True)
+    with torch.no_grad():
+        plain = torch.softmax(model(**enc).logits, -1).numpy()
+    assert np.abs(ours - plain).max() < 1e-5
+    ev = tmp_path / "ev"
+    assert main(["evaluate", "--model", str(run), "--out", str(ev), "--device", "cpu",
+                 "--no-robustness"]) == 0  # fmt: skip
+    assert json.loads((ev / "metrics.json").read_text(encoding="utf-8"))["n"] > 0
+    onnx = tmp_path / "onnx"
+    assert main(["export", "--model", str(run), "--out", str(onnx), "--device", "cuda",
+                 "--no-optimize"]) == 0  # fmt: skip
+    assert np.abs(Classifier.load(onnx).predict_proba(texts) - ours).max() < 1e-4
