@@ -93,7 +93,7 @@ def zero_shot_splits(cfg: ZeroShotConfig):
             splits = Splits(splits.train, splits.dev, splits.test, lmap, splits.report)
         return splits
     bad = BadRows(cfg.on_bad_row)
-    rows = read_file(cfg.test, cfg.text_column, cfg.label_column, bad, cfg.file_format)
+    rows = read_file(str(cfg.test), cfg.text_column, cfg.label_column, bad, cfg.file_format)
     lmap = LabelMap.from_labels([r.label or "" for r in rows], cfg.labels or cfg.label_names)
     test = _to_split(rows, lmap, bad)
     if not len(test):
