@@ -306,3 +306,18 @@ def test_bert_architecture_stand_in_finetune_evaluate_export(tmp_path):
     assert main(["export", "--model", str(run), "--out", str(onnx), "--device", "cuda",
                  "--no-optimize"]) == 0  # fmt: skip
     assert np.abs(Classifier.load(onnx).predict_proba(texts) - ours).max() < 1e-4
+
+
+def test_tokenizer_without_pad_or_eos_is_a_one_line_error(qwen, tmp_path):
+    from transformers import AutoTokenizer
+
+    from zhtune.errors import ModelLoadError
+    from zhtune.text import tokenizer_for_model
+
+    tok = AutoTokenizer.from_pretrained(str(qwen["base"]))
+    tok.pad_token = None
+    tok.eos_token = None
+    tok.save_pretrained(tmp_path / "tok")
+    with pytest.raises(ModelLoadError, match="no pad, eos or unk token") as e:
+        tokenizer_for_model(str(tmp_path / "tok"), pad=True)
+    assert len(str(e.value).splitlines()) == 1
