@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from zhtune.errors import ModelLoadError, ZhtuneError
-from zhtune.probs import apply_temperature
+from zhtune.probs import apply_temperature, log_probs, temperature_softmax
 from zhtune.runs import read_manifest
 
 
@@ -99,7 +99,14 @@ class Classifier:
 
         ``calibrated=True`` applies the temperature fitted by ``zhtune evaluate``
         (``calibration.json``). Extra keyword arguments go to the kind's loader
-        (e.g. ``device``, ``allow_pickle``)."""
+        (e.g. ``allow_pickle``). ``device``: ``auto`` (default: the first GPU if there is
+        one), ``cpu``, ``cuda`` or ``cuda:N`` (:mod:`zhtune.device`); the TF-IDF baseline
+        and ONNX models run on CPU."""
+        device = kw.get("device")
+        if device is not None and str(device).lower() not in ("auto", "cpu"):
+            from zhtune.device import resolve_device
+
+            resolve_device(str(device))  # one-line error for cuda without CUDA, bad specs
         p = Path(path)
         manifest = read_manifest(p) if p.is_dir() else None
         if manifest is None:
@@ -123,12 +130,27 @@ class Classifier:
             temperature = float(json.loads(cal.read_text(encoding="utf-8"))["temperature"])
         return cls(backend, kind, str(path), temperature)
 
+    def predict_logits(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
+        """Logits / class scores (len(texts), n_labels) before temperature: the backend's own
+        (encoder, LoRA head, label scoring, ONNX), else log(probabilities)."""
+        if isinstance(texts, str):
+            raise TypeError("predict_logits takes a list of texts")
+        if not len(texts):
+            return np.zeros((0, len(self.labels)))
+        own = getattr(self.backend, "predict_logits", None)
+        if own is not None:
+            return np.asarray(own(list(texts), batch_size=batch_size), dtype=np.float64)
+        return log_probs(self.backend.predict_proba(list(texts), batch_size=batch_size))
+
     def predict_proba(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
-        """Probabilities, shape (len(texts), n_labels), in input order."""
+        """Probabilities, shape (len(texts), n_labels), in input order. With a temperature,
+        softmax(logits / T) on the backend's logits where it has them."""
         if isinstance(texts, str):
             raise TypeError("predict_proba takes a list of texts")
         if not len(texts):
             return np.zeros((0, len(self.labels)))
+        if self.temperature != 1.0 and hasattr(self.backend, "predict_logits"):
+            return temperature_softmax(self.predict_logits(texts, batch_size), self.temperature)
         probs = np.asarray(
             self.backend.predict_proba(list(texts), batch_size=batch_size), dtype=np.float64
         )

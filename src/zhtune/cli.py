@@ -232,6 +232,10 @@ def main(argv: list[str] | None = None) -> int:
     if not ns.command:
         parser.print_help()
         return 0
+    if ns.command in ("lora", "zero-shot") and str(getattr(ns, "qlora", None)) == "true":
+        from zhtune.llm.models import limit_heap_fragmentation  # process-wide: CLI only
+
+        limit_heap_fragmentation()
     try:
         return COMMANDS[ns.command][2](ns) or 0
     except ZhtuneError as e:

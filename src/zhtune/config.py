@@ -116,7 +116,23 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type) -> None:
             "BOOL" if inner is bool else ("A,B,..." if typing.get_origin(inner) is list else None)
         )
         flag = "--" + f.name.replace("_", "-")
+        if inner is bool:
+            _add_bool_flag(parser, group, flag, f.name, help_)
+            continue
         group.add_argument(flag, dest=f.name, default=None, help=help_, metavar=metavar)
+
+
+def _add_bool_flag(parser: Any, group: Any, flag: str, dest: str, help_: str) -> None:
+    """``--flag`` alone (true), ``--flag true|false`` and ``--no-flag`` (false), unless the
+    command already defines ``--no-flag`` itself."""
+    no_flag = "--no-" + flag[2:]
+    has_no = no_flag in parser._option_string_actions
+    forms = f"{flag} [true|false]" + ("" if has_no else f", {no_flag}")
+    group.add_argument(flag, dest=dest, default=None, nargs="?", const="true",
+                       metavar="BOOL", help=f"{help_}; {forms}")  # fmt: skip
+    if not has_no:
+        group.add_argument(no_flag, dest=dest, action="store_const", const="false",
+                           default=None, help=argparse.SUPPRESS)  # fmt: skip
 
 
 def load_config(cls: type[T], yaml_path: str | Path | None = None, **overrides: Any) -> T:

@@ -5,7 +5,14 @@
 - :func:`bf16_supported` / :func:`autocast_context`: bf16 autocast where the device runs it;
 - :func:`training_precision`: the Trainer's ``bf16``/``fp16`` flags from ``--precision``;
 - :func:`compute_dtype`: fp32 on CPU, bf16 (else fp16) on a GPU, for frozen/quantized weights;
-- :func:`cpu_threads` / :func:`set_threads`: intra-op threads that follow the free cores.
+- :func:`cpu_threads` / :func:`set_threads`: intra-op threads that follow the free cores;
+- :func:`inference_dtype`: fp32 on CPU, bf16 (else fp16) on CUDA (probabilities stay fp32);
+- :func:`trainable_dtype`: fp32, always, for weights an optimizer updates (a checkpoint saved
+  in bf16/fp16 is not fine-tuned in half precision: transformers 5 loads ``dtype="auto"``);
+- :func:`local_device_map`: the ``device_map`` of a quantized model: this process's own GPU
+  (``LOCAL_RANK`` under torchrun / accelerate), not GPU 0 on every rank;
+- :func:`require_cpu`: a one-line error for CPU-only paths (dynamic int8, ONNX) on a GPU;
+- :func:`add_device_arg`: the ``--device`` flag every inference command shares.
 """
 
 from __future__ import annotations
@@ -29,10 +36,12 @@ def has_gpu() -> bool:
     return torch.cuda.is_available()
 
 
-def resolve_device(spec: str | None = "auto") -> Any:
+def resolve_device(spec: Any = "auto") -> Any:
     """``auto`` (first GPU, else CPU), ``cpu``, ``cuda`` or ``cuda:N`` -> ``torch.device``."""
     import torch
 
+    if isinstance(spec, torch.device):
+        return spec
     s = (spec or "auto").strip().lower()
     if s == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -98,9 +107,12 @@ def training_precision(precision: str) -> dict[str, bool]:
     return {"bf16": p == "bf16", "fp16": p == "fp16"}
 
 
-def compute_dtype() -> Any:
-    """fp32 on CPU; bf16 (else fp16) on a GPU."""
+def compute_dtype(device: Any = None) -> Any:
+    """fp32 on CPU; bf16 (else fp16) on a GPU (``device``, default: any GPU present)."""
     import torch
+
+    if device is not None:
+        return inference_dtype(device)
 
     if torch.cuda.is_available():
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -137,3 +149,77 @@ def set_threads(n: int | None = None) -> int:
         torch.set_num_threads(n)
     log.debug("inference threads: %d", n)
     return n
+
+
+def inference_dtype(device: Any) -> Any:
+    """The weight dtype of inference on ``device``: fp32 on CPU, bf16 (else fp16) on CUDA."""
+    import torch
+
+    if getattr(device, "type", str(device)) == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def trainable_dtype() -> Any:
+    """fp32: the dtype of every weight an optimizer updates (master weights; mixed precision
+    comes from autocast, ``training_precision``). Passed explicitly to ``from_pretrained``,
+    which in transformers 5 would otherwise keep a bf16/fp16 checkpoint's dtype."""
+    import torch
+
+    return torch.float32
+
+
+def frozen_dtype(precision: str = "auto") -> Any:
+    """The dtype of frozen weights under training (a LoRA base, a frozen-base head run): bf16
+    / fp16 on a GPU when the Trainer runs mixed precision there (autocast casts the fp32
+    adapters' inputs), else fp32. The trained weights stay fp32 (:func:`trainable_dtype`)."""
+    import torch
+
+    if not has_gpu():
+        return torch.float32
+    flags = training_precision(precision)
+    if flags["bf16"]:
+        return torch.bfloat16
+    if flags["fp16"]:
+        return torch.float16
+    return torch.float32
+
+
+def local_rank() -> int:
+    """This process's GPU index under torchrun / accelerate (``LOCAL_RANK``), else 0."""
+    try:
+        return int(os.environ.get("LOCAL_RANK", "0") or 0)
+    except ValueError:
+        return 0
+
+
+def local_device_map(device: Any | None = None) -> dict[str, Any] | str:
+    """``device_map`` for ``from_pretrained`` of a quantized (bitsandbytes) model: the whole
+    model on this rank's GPU (``device`` if it names one, else ``cuda:LOCAL_RANK``), or CPU."""
+    import torch
+
+    if device is not None and getattr(device, "type", None) == "cpu":
+        return "cpu"
+    if not torch.cuda.is_available():
+        return "cpu"
+    if device is not None and getattr(device, "index", None) is not None:
+        return {"": int(device.index)}
+    return {"": local_rank()}
+
+
+def require_cpu(device: Any, what: str) -> None:
+    """CPU-only paths (dynamic int8, ONNX Runtime on CPU): a one-line error otherwise."""
+    if getattr(device, "type", str(device)) != "cpu":
+        raise ConfigError(f"{what} runs on CPU only; use --device cpu (got {device})")
+
+
+def add_device_arg(parser: Any, note: str = "") -> None:
+    """The shared ``--device auto|cpu|cuda|cuda:N`` flag (default ``auto``)."""
+    parser.add_argument(
+        "--device",
+        default="auto",
+        metavar="DEVICE",
+        help=f"{DEVICE_CHOICES}; auto = the first GPU if there is one, else CPU. On CUDA, "
+        f"inference runs in bf16 (fp16 where bf16 is unsupported), probabilities in fp32"
+        f"{note} (default: auto)",
+    )

@@ -1,10 +1,15 @@
-"""Probabilities: the one softmax and temperature helper (numpy, float64 rows)."""
+"""Probabilities: the one softmax and temperature helper (numpy, float64 rows).
+
+Temperature scaling divides the *logits* (or class scores) by T. Where a backend only gives
+probabilities, ``log(p)`` stands in for the logits: it is exact up to a per-row constant
+while ``p`` is a normal float64 (logit gaps up to ~708; a clip at 1e-12 would cut every gap
+over 27.6 and change the calibrated probabilities of confident rows)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-EPS = 1e-12
+EPS = float(np.finfo(np.float64).tiny)  # ~2.2e-308: log(EPS) ~ -708
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -17,12 +22,18 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def log_probs(probs: np.ndarray) -> np.ndarray:
-    """log(p) with p clipped to [1e-12, 1]: logits up to a per-row constant."""
+    """log(p) with p clipped to [tiny, 1] (float64): logits up to a per-row constant."""
     return np.log(np.clip(np.asarray(probs, dtype=np.float64), EPS, 1.0))
 
 
 def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
-    """softmax(log(probs) / T): what ``Classifier(calibrated=True)`` applies."""
+    """softmax(log(probs) / T), for backends without logits (prefer
+    :func:`temperature_softmax` on the logits)."""
     if temperature == 1.0:
         return np.asarray(probs, dtype=np.float64)
     return softmax(log_probs(probs) / temperature)
+
+
+def temperature_softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """softmax(logits / T) in float64: what ``Classifier(calibrated=True)`` applies."""
+    return softmax(np.asarray(logits, dtype=np.float64) / float(temperature))

@@ -313,7 +313,6 @@ def run_tune(
     """Run (or resume) the search until ``n_trials`` trials are complete or pruned."""
     import optuna
 
-    from zhtune.finetune.encoder import run_finetune
     from zhtune.runs import prepare_out_dir, write_json
     from zhtune.training.tracking import extra_callbacks
 
@@ -346,7 +345,7 @@ def run_tune(
         log.info("trial %d: %s", trial.number, params)
         cb = pruning_callback(trial, metric, maximize)
         with extra_callbacks(cb):
-            metrics = run_finetune(cfg, run_dir)
+            metrics = run_trial(trial.number, cfg, run_dir)
         if not keep_checkpoints:
             shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
         if isinstance(metrics.get("macro_f1"), float):
@@ -374,6 +373,41 @@ def run_tune(
         )
     write_outputs(study, base, metric, out)
     return study
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    import torch
+
+    return isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()
+
+
+def release_memory() -> None:
+    """Free what a failed trial left on the GPU (its tensors are garbage once it unwinds)."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def run_trial(number: int, cfg: Any, run_dir: Path) -> dict:
+    """One ``finetune`` run; an out-of-memory error fails this trial only (a ZhtuneError,
+    which the study catches), after its memory is released."""
+    from zhtune.finetune.encoder import run_finetune
+
+    try:
+        return run_finetune(cfg, run_dir)
+    except (RuntimeError, MemoryError) as e:
+        if not is_out_of_memory(e):
+            raise
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        err = ZhtuneError(f"trial {number}: out of memory ({msg}); try a smaller batch_size")
+    finally:
+        release_memory()
+    raise err
 
 
 def write_outputs(study: Any, base: Any, metric: str, out: Path) -> None:

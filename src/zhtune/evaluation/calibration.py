@@ -67,13 +67,14 @@ def nll(probs: np.ndarray, y: LabelIds) -> float:
     return float(-np.log(p).mean())
 
 
-def fit_temperature(probs: np.ndarray, y: LabelIds) -> float:
-    """The temperature T minimising the NLL of softmax(log(probs) / T) on (probs, y).
+def fit_temperature(probs: np.ndarray, y: LabelIds, logits: np.ndarray | None = None) -> float:
+    """The temperature T minimising the NLL of softmax(logits / T) on (logits, y); without
+    ``logits``, log(probs) (exact up to a row constant while p is a normal float64).
 
     L-BFGS-B on log T with the analytic gradient, T bounded to [0.05, 20]."""
     from scipy.optimize import minimize
 
-    logits = log_probs(probs)
+    logits = log_probs(probs) if logits is None else np.asarray(logits, dtype=np.float64)
     ids = np.asarray(y)
     if not len(ids):
         return 1.0
@@ -145,16 +146,18 @@ def confidence_report(
     *,
     target_accuracy: float = 0.95,
     n_bins: int = N_BINS,
+    dev_logits: np.ndarray | None = None,
 ) -> dict:
     """Everything written to ``confidence.json`` except the low-confidence rows.
 
-    The temperature is fitted on (dev_probs, dev_y) when given, else left at 1."""
+    The temperature is fitted on (dev_probs, dev_y) when given (on ``dev_logits`` when the
+    model has them), else left at 1."""
     conf, _ = confidences(probs)
     temperature = 1.0
     if dev_probs is not None:
         if dev_y is None:
             raise TypeError("confidence_report: dev_probs given without dev_y")
-        temperature = fit_temperature(dev_probs, dev_y)
+        temperature = fit_temperature(dev_probs, dev_y, dev_logits)
     cal = apply_temperature(probs, temperature)
     curve = coverage_curve(probs, y)
     cal_curve = coverage_curve(cal, y)

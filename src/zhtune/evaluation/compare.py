@@ -104,6 +104,7 @@ def compare_runs(
     names: Sequence[str] | None = None,
     title: str | None = None,
     add_baseline: bool = True,
+    device: str = "auto",
     **eval_options: object,
 ) -> list[dict]:
     """Evaluate every model (and the TF-IDF baseline) on the same rows; write the comparison.
@@ -147,7 +148,11 @@ def compare_runs(
     rows = []
     for path, name in zip(paths, names, strict=True):
         eval_dir = out / "models" / _slug(name)
-        rows.append(evaluate_model(path, cfg, eval_dir, splits=splits, name=name, report=False))
+        from zhtune.classifier import Classifier
+
+        clf = Classifier.load(path, device=device)  # device: zhtune.device policy
+        rows.append(evaluate_model(clf, cfg, eval_dir, splits=splits, name=name, report=False))
+        del clf
         gc.collect()  # free one model before loading the next
     write_json(out / "comparison.json", {"split": cfg.split, "labels": data_labels, "rows": rows})
     table = format_table(rows, SUMMARY_COLUMNS)
@@ -174,6 +179,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("runs", nargs="+", metavar="RUN", help="run or model directories to compare")
     p.add_argument("--out", required=True, help="directory for the comparison and report.html")
     p.add_argument("--no-robustness", action="store_true", help="skip the robustness perturbations")
+    from zhtune.device import add_device_arg
+
+    add_device_arg(p)
     add_config_args(p, CompareConfig)
 
 
@@ -184,7 +192,7 @@ def run_cli(ns: argparse.Namespace) -> int:
     cfg = data_from_model(config_from_args(CompareConfig, ns), ns.runs[0])
     if ns.no_robustness:
         cfg.robustness = False
-    rows = compare_runs(ns.runs, cfg, ns.out)
+    rows = compare_runs(ns.runs, cfg, ns.out, device=ns.device)
     print(format_table(rows, SUMMARY_COLUMNS))
     print(f"\ncomparison.json, comparison.md and report.html in {ns.out}")
     return 0

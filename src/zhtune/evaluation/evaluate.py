@@ -224,7 +224,10 @@ def _calibrate(
     """Confidence report with a temperature fitted on dev: ``confidence.json``,
     ``calibration.json`` (and into the model directory when ``save_to_model``)."""
     fit_split = "dev"
-    dev_probs = ev.clf.predict_proba(splits.dev.texts, batch_size=cfg.batch_size)
+    from zhtune.probs import softmax
+
+    dev_logits = ev.clf.predict_logits(splits.dev.texts, batch_size=cfg.batch_size)
+    dev_probs = softmax(dev_logits)  # the temperature is fitted on the logits themselves
     dev_gold = splits.dev.label_ids(splits.label_map)
     conf = confidence_report(
         ev.probs,
@@ -233,6 +236,7 @@ def _calibrate(
         dev_gold,
         target_accuracy=cfg.target_accuracy,
         n_bins=cfg.n_bins,
+        dev_logits=dev_logits,
     )
     conf["fit_split"] = fit_split
     if cfg.split == fit_split:
@@ -399,6 +403,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="allow a model whose weights are only .bin (pickle) files, if you trust them",
     )
+    from zhtune.device import add_device_arg
+
+    add_device_arg(p)
     add_config_args(p, EvaluateConfig)
 
 
@@ -427,11 +434,10 @@ def run_cli(ns: argparse.Namespace) -> int:
     cfg = data_from_model(config_from_args(EvaluateConfig, ns), ns.model)
     if ns.no_robustness:
         cfg.robustness = False
-    model = ns.model
-    if ns.allow_pickle:
-        from zhtune.classifier import Classifier
+    from zhtune.classifier import Classifier
 
-        model = Classifier.load(ns.model, allow_pickle=True)
+    kw = {"allow_pickle": True} if ns.allow_pickle else {}
+    model = Classifier.load(ns.model, device=ns.device, **kw)
     row = evaluate_model(model, cfg, ns.out, save_temperature_to_model=ns.save_temperature)
     print(format_table([row], SUMMARY_COLUMNS))
     a = row["abstain_threshold"]

@@ -20,6 +20,7 @@ checkpoints (adapter only), resume, history and figures are those of ``zhtune fi
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -54,12 +55,18 @@ class LlmConfig(TrainingConfig):
     target_modules: list[str] = arg(DEFAULT_TARGETS, "linear layers that get LoRA adapters")
     qlora: bool = arg(False, "load the base in 4-bit NF4 + double quantization (bitsandbytes)")
     gradient_checkpointing: bool = arg(False, "recompute activations in backward (less memory)")
+    trust_remote_code: bool = arg(
+        False, "run a custom-code checkpoint's own Python code (auto_map); only code you trust"
+    )
     freeze_base: bool = arg(False, "mode head: train only the classification head (no LoRA)")
     prompt_template: str = arg(DEFAULT_TEMPLATE, "mode scoring: prompt with {text} (\\n = newline)")
     label_words: dict[str, str] | str | None = arg(
         None,
         "mode scoring: LABEL=WORD[|WORD...],... (default: 正面/负面/中性 for sentiment labels, "
         "else the label names)",
+    )
+    chat_template: bool = arg(
+        False, "mode scoring: wrap the prompt with the tokenizer's chat template (instruct models)"
     )
     score_norm: str = arg("sum", "multi-token words: sum or mean of token log-probs", SCORE_NORMS)
     word_agg: str = arg("logsumexp", "several words per class: combine their scores", WORD_AGGS)
@@ -108,9 +115,15 @@ def build_model(cfg: LlmConfig, labels: list[str], tokenizer: Any, splits: Any):
     if cfg.mode == "scoring":  # bad label words / template fail before the model loads
         words = resolve_label_words(labels, cfg.label_words)
         scorer = LabelScorer(tokenizer, cfg.prompt_template, words, cfg.score_norm,
-                             cfg.word_agg, cfg.max_length)  # fmt: skip
+                             cfg.word_agg, cfg.max_length,
+                             chat_template=cfg.chat_template)  # fmt: skip
     seed_everything(cfg.seed)  # the new head and the LoRA matrices start the same
-    base = load_base(cfg.model, cfg.mode, tokenizer, labels, qlora=cfg.qlora)
+    from zhtune.device import frozen_dtype
+
+    # frozen base: bf16 on a GPU under mixed precision, fp32 on CPU; adapters/head fp32
+    base = load_base(cfg.model, cfg.mode, tokenizer, labels, qlora=cfg.qlora,
+                     dtype=frozen_dtype(cfg.precision),
+                     trust_remote_code=cfg.trust_remote_code)  # fmt: skip
     lora: dict[str, Any] = dict(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
                 target_modules=cfg.target_modules, qlora=cfg.qlora,
                 gradient_checkpointing=cfg.gradient_checkpointing)  # fmt: skip
@@ -134,6 +147,7 @@ def build_model(cfg: LlmConfig, labels: list[str], tokenizer: Any, splits: Any):
         "label_words": scorer.label_words,
         "score_norm": cfg.score_norm,
         "word_agg": cfg.word_agg,
+        "chat_template": cfg.chat_template,
     }
     return model, train, dev, ScoringCollator(scorer), extra
 
@@ -201,11 +215,15 @@ def run_lora(cfg: LlmConfig, out: str | Path) -> dict:
         cfg.model, cfg.mode, ", qlora" if cfg.qlora else "", ", frozen base" if cfg.freeze_base
         else "", trainable, params, len(splits.train), len(splits.dev), len(splits.test),
     )  # fmt: skip
+    train_cfg = cfg
+    if cfg.mode == "scoring":  # an eval batch of B texts forwards B x W candidate rows
+        W = model.scorer.n_words
+        train_cfg = dataclasses.replace(cfg, eval_batch_size=max(1, cfg.eval_bs // W))
     result = run_trainer(
         model,
         train,
         dev,
-        cfg,
+        train_cfg,
         out,
         labels,
         tokenizer=tokenizer,
@@ -267,7 +285,6 @@ def run_llm_branch(
     training and ``max_eval_samples`` dev/test rows. Each row is the run's ``metrics.json``:
     model, accuracy, macro_f1, train_seconds, model_bytes, texts_per_second, parameters,
     pretrain_seconds, ..."""
-    import dataclasses
 
     from zhtune.llm.zeroshot import ZeroShotConfig, run_zero_shot
 

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from zhtune.device import compute_dtype
+from zhtune.device import compute_dtype, inference_dtype, local_device_map, trainable_dtype
 from zhtune.errors import ConfigError, ModelLoadError
 from zhtune.llm.scoring import IGNORE, LabelScorer
 from zhtune.probs import softmax
@@ -73,7 +73,8 @@ def limit_heap_fragmentation() -> bool:
     32 MiB after the first big free) these temporaries and the activations between them come
     from the heap, fragment it, and a QLoRA run's resident memory grows by up to ~1 GiB for a
     0.5B model (docs/llm.md). A fixed threshold returns big blocks to the system on free.
-    Process-wide; called for QLoRA on CPU (``load_base(qlora=True)``)."""
+    Process-wide, so library code never calls it: the ``zhtune`` CLI does, for ``lora`` /
+    ``zero-shot`` with ``--qlora`` (``zhtune.cli.main``); scripts may call it themselves."""
     import ctypes
     import sys
 
@@ -101,6 +102,9 @@ def model_ref(model: str) -> str:
         raise ModelLoadError(f"{model}: not a model directory")
     if local.is_absolute() or model.startswith((".", "~")) or model.count("/") > 1:
         raise ModelLoadError(f"{model}: no such model directory")
+    from zhtune.classifier import _check_hub_id
+
+    _check_hub_id(model)  # one line when neither cached nor reachable (offline mode too)
     return model
 
 
@@ -122,21 +126,58 @@ def quantization_config(compute_dtype: torch.dtype):
     )
 
 
+def check_custom_code(model: str, trust_remote_code: bool = False) -> None:
+    """A checkpoint whose ``config.json`` names its own Python classes (``auto_map``) needs
+    ``--trust-remote-code``: a one-line error without it, a warning with it."""
+    import json
+
+    cfg_file = Path(model) / "config.json"
+    try:
+        auto_map = json.loads(cfg_file.read_text(encoding="utf-8")).get("auto_map")
+    except (OSError, ValueError, AttributeError):
+        return
+    if not auto_map:
+        return
+    if not trust_remote_code:
+        raise ModelLoadError(
+            f"{model}: a custom-code checkpoint (auto_map in config.json: "
+            f"{', '.join(sorted(auto_map))}); its own Python code runs only with "
+            "--trust-remote-code (read that code first)"
+        )
+    log.warning("%s: running the checkpoint's own Python code (--trust-remote-code)", model)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def load_base(
     model: str,
     mode: str,
     tokenizer: Any,
     labels: Sequence[str] | None = None,
     qlora: bool = False,
+    *,
+    device: Any = None,
+    dtype: Any = None,
+    trust_remote_code: bool = False,
 ) -> Any:
     """The base model: ``AutoModelForSequenceClassification`` (mode head, with ``labels``) or
-    ``AutoModelForCausalLM`` (scoring); fp32 (CPU) or 4-bit NF4 (``qlora``). Safetensors only."""
+    ``AutoModelForCausalLM`` (scoring). Safetensors only.
+
+    ``dtype``: the weights' dtype (default fp32, :func:`zhtune.device.trainable_dtype`; never
+    the checkpoint's own, which transformers 5 would keep); ``device``: where to put them
+    (default: left on CPU for the Trainer to move). ``qlora``: 4-bit NF4 on this process's
+    GPU (``LOCAL_RANK``; ``device`` if given) or on CPU."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
     from zhtune.runs import check_safetensors
 
     local = Path(model)
     check_safetensors(local)
+    if local.is_dir():
+        check_custom_code(model, trust_remote_code)
     extra: dict[str, Any] = {}
     if mode == "head":
         if not labels:
@@ -147,27 +188,61 @@ def load_base(
             "label2id": {name: i for i, name in enumerate(labels)},
             "pad_token_id": tokenizer.pad_token_id,
         }
+    remote = {"trust_remote_code": True} if trust_remote_code else {}
     try:
-        config = AutoConfig.from_pretrained(model, **extra)
+        config = AutoConfig.from_pretrained(model, **extra, **remote)
     except (OSError, ValueError) as e:
-        raise ModelLoadError(f"cannot load a model config from {model!r}: {e}") from None
+        if "trust_remote_code" in str(e):
+            raise ModelLoadError(
+                f"{model}: a custom-code checkpoint; its own Python code runs only with "
+                "--trust-remote-code (read that code first)"
+            ) from None
+        raise ModelLoadError(
+            f"cannot load a model config from {model!r}: {_first_line(e)}"
+        ) from None
+    if mode == "head" and getattr(config, "pad_token_id", None) is None:
+        raise ModelLoadError(
+            f"{model}: the config has no pad_token_id and the tokenizer no pad or eos token; "
+            "the classification head cannot find the last token of a padded row"
+        )
     vocab = getattr(config, "vocab_size", None)
     if vocab is not None and len(tokenizer) > vocab:
         raise ModelLoadError(
             f"the tokenizer has {len(tokenizer)} entries but the model's vocabulary only {vocab}; "
             "use the tokenizer the model was trained with (--tokenizer)"
         )
-    kw: dict[str, Any] = {"config": config, "use_safetensors": True, "dtype": torch.float32}
+    kw: dict[str, Any] = {"config": config, "use_safetensors": True, **remote}
+    kw["dtype"] = dtype if dtype is not None else trainable_dtype()
     if qlora:
-        limit_heap_fragmentation()
-        kw["quantization_config"] = quantization_config(compute_dtype())
-        kw["device_map"] = {"": 0} if torch.cuda.is_available() else "cpu"
+        check_qlora_device(device)
+        kw["quantization_config"] = quantization_config(compute_dtype(device))
+        kw["device_map"] = local_device_map(device)
+        kw["dtype"] = torch.float32  # the non-quantized parts (norms, score/lm_head)
     auto = AutoModelForSequenceClassification if mode == "head" else AutoModelForCausalLM
     try:
         with quiet_transformers():
-            return auto.from_pretrained(model, **kw)
+            loaded = auto.from_pretrained(model, **kw)
     except (OSError, ValueError) as e:
-        raise ModelLoadError(f"cannot load {model!r} as a {auto.__name__}: {e}") from None
+        raise ModelLoadError(
+            f"cannot load {model!r} as a {auto.__name__}: {_first_line(e)}"
+        ) from None
+    if device is not None and not qlora:
+        loaded = loaded.to(device)
+    return loaded
+
+
+def check_qlora_device(device: Any) -> None:
+    """``--qlora`` on CUDA needs a bitsandbytes build with GPU support: one line otherwise."""
+    if device is not None and getattr(device, "type", None) != "cuda":
+        return
+    if not torch.cuda.is_available():
+        return  # bitsandbytes' CPU backend
+    try:
+        import bitsandbytes.functional  # noqa: F401  (loads the native library)
+    except Exception as e:  # a CPU-only build, a missing CUDA library
+        raise ConfigError(
+            f"config field 'qlora': bitsandbytes has no GPU support here ({_first_line(e)})"
+        ) from None
 
 
 def linear_module_names(model: Any) -> list[str]:
@@ -217,7 +292,11 @@ def add_lora(
         task_type=TaskType.SEQ_CLS if mode == "head" else TaskType.CAUSAL_LM,
         modules_to_save=["score"] if mode == "head" else None,
     )
-    return get_peft_model(model, lora)
+    peft_model = get_peft_model(model, lora)
+    for p in peft_model.parameters():  # adapters and the score copy train in fp32
+        if p.requires_grad and p.dtype != torch.float32:
+            p.data = p.data.float()
+    return peft_model
 
 
 def freeze_all_but_head(model: Any, gradient_checkpointing: bool = False) -> Any:
@@ -356,11 +435,13 @@ def base_of(path: Path, manifest: dict, base_model: str | None = None) -> str:
 
 
 def load_tuned(path: Path | str, manifest: dict, base_model: str | None = None,
-               for_training: bool = False) -> tuple[Any, Any]:  # fmt: skip
+               for_training: bool = False, device: Any = None,
+               trust_remote_code: bool = False) -> tuple[Any, Any]:  # fmt: skip
     """(model, tokenizer) of a ``lora-head`` or ``scoring`` directory: base + adapter/head.
 
     Full-precision adapters are merged for inference (faster, same outputs up to ~1e-6);
-    QLoRA adapters run on the 4-bit base as trained."""
+    QLoRA adapters run on the 4-bit base as trained. ``device`` (a ``torch.device``; None =
+    CPU): inference weights in :func:`zhtune.device.inference_dtype` there (bf16 on CUDA)."""
     from peft import PeftModel
 
     path = Path(path)
@@ -368,7 +449,11 @@ def load_tuned(path: Path | str, manifest: dict, base_model: str | None = None,
     base = base_of(path, manifest, base_model)
     tok = load_llm_tokenizer(str(path) if (path / "tokenizer_config.json").is_file() else base)
     qlora = bool(manifest.get("qlora")) and not manifest.get("standalone")
-    model = load_base(base, mode, tok, manifest.get("labels"), qlora=qlora)
+    dev = device if device is not None else torch.device("cpu")
+    dtype = None if for_training else inference_dtype(dev)
+    model = load_base(base, mode, tok, manifest.get("labels"), qlora=qlora,
+                      device=dev if qlora else None, dtype=dtype,
+                      trust_remote_code=trust_remote_code)  # fmt: skip
     if manifest.get("freeze_base") and not manifest.get("standalone"):
         from safetensors.torch import load_file
 
@@ -379,6 +464,8 @@ def load_tuned(path: Path | str, manifest: dict, base_model: str | None = None,
             model = PeftModel.from_pretrained(model, str(path), is_trainable=for_training)
         if not qlora and not for_training:
             model = model.merge_and_unload()
+    if not qlora and not for_training:
+        model = model.to(dev)
     return model.eval(), tok
 
 
@@ -390,6 +477,9 @@ class HeadBackend:
         self.labels, self.max_length = labels, max_length
 
     def predict_proba(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
+        return softmax(self.predict_logits(texts, batch_size))
+
+    def predict_logits(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
         from zhtune.serving.encoder import encode_batches
 
         out = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
@@ -400,7 +490,7 @@ class HeadBackend:
             ):
                 inputs = {k: torch.from_numpy(v).to(device) for k, v in feed.items()}
                 out[idx] = self.model(**inputs).logits.float().cpu().numpy()  # (B, C)
-        return softmax(out)
+        return out
 
 
 class ScoringBackend:
@@ -410,10 +500,14 @@ class ScoringBackend:
         self.model, self.scorer = model, scorer
         self.labels = scorer.labels
 
-    def predict_proba(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
+    def predict_logits(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
+        """Class scores (N, C): the logits of label scoring."""
         # a batch is batch_size texts x W label words; keep the rows per forward bounded
-        per = max(1, batch_size // max(1, self.scorer.n_words // 2))
-        return softmax(self.scorer.predict_scores(self.model, texts, per))
+        per = max(1, batch_size // max(1, self.scorer.n_words))
+        return self.scorer.predict_scores(self.model, texts, per)
+
+    def predict_proba(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
+        return softmax(self.predict_logits(texts, batch_size))
 
 
 def scorer_from_manifest(tokenizer: Any, manifest: dict) -> LabelScorer:
@@ -424,20 +518,23 @@ def scorer_from_manifest(tokenizer: Any, manifest: dict) -> LabelScorer:
         manifest.get("score_norm", "sum"),
         manifest.get("word_agg", "logsumexp"),
         int(manifest.get("max_length", 128)),
+        chat_template=bool(manifest.get("chat_template", False)),
     )
 
 
 def load_backend(path: Path | str, manifest: dict, **kw: Any) -> HeadBackend | ScoringBackend:
     """Classifier backend for kinds ``lora-head`` and ``scoring`` (``base_model=`` overrides
     the base named in zhtune.json; ``max_length=`` the truncation)."""
-    from zhtune.device import set_threads
+    from zhtune.device import resolve_device, set_threads
 
     set_threads()
     if kw.get("int8"):
         log.warning(
             "int8 applies to encoder models; %s loads as trained (use --qlora for 4-bit)", path
         )
-    model, tok = load_tuned(path, manifest, kw.get("base_model"))
+    device = resolve_device(kw.get("device") or "auto")
+    model, tok = load_tuned(path, manifest, kw.get("base_model"), device=device,
+                            trust_remote_code=bool(kw.get("trust_remote_code")))  # fmt: skip
     if kw.get("max_length"):
         manifest = {**manifest, "max_length": int(kw["max_length"])}
     if manifest["kind"] == "lora-head":

@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from zhtune.errors import ConfigError
 
@@ -73,7 +72,8 @@ def parse_label_words(spec: Any) -> dict[str, list[str]] | None:
     out: dict[str, list[str]] = {}
     for label, words in items:
         ws = words if isinstance(words, list) else str(words).split("|")
-        ws = [str(w).strip() for w in ws if str(w).strip()]
+        # leading spaces are kept: " positive" is a normal byte-level BPE word
+        ws = [str(w).rstrip() for w in ws if str(w).strip()]
         if not str(label).strip() or not ws:
             raise ConfigError(f"config field 'label_words': label {label!r} has no words")
         out[str(label).strip()] = ws
@@ -112,9 +112,28 @@ def format_label_words(words: dict[str, list[str]]) -> str:
 
 
 # --- the scorer ----------------------------------------------------------------------------
+Encoded = tuple[list[int], list[list[int]]]  # (shared prefix ids, W tails): row w = prefix+tail
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
 @dataclass
 class LabelScorer:
-    """Turns texts into prompts, builds the candidate batches and scores them with an LM."""
+    """Turns texts into prompts, builds the candidate batches and scores them with an LM.
+
+    The score of class word ``w`` for text ``x`` is the log-probability of the canonical
+    tokenization of the joined string ``prompt(x) + w`` (as the LM saw text in training: with
+    a byte-level BPE tokenizer such as Qwen2's, ``'：正面'`` is one token, not ``'：'`` +
+    ``'正面'``). Only the tokens after the part shared with the prompt's own tokenization
+    are scored: the shared prefix is the same for every class and cancels in the softmax.
+    User text (and label words) are tokenized with ``split_special_tokens=True``; special
+    tokens are honoured only in the template and the chat template."""
 
     tokenizer: Any
     template: str
@@ -122,7 +141,8 @@ class LabelScorer:
     score_norm: str = "sum"
     word_agg: str = "logsumexp"
     max_length: int = 128
-    word_ids: list[list[int]] = field(init=False)  # (W,) token ids of every word
+    chat_template: bool = False
+    word_ids: list[list[int]] = field(init=False)  # (W,) token ids of every word, alone
     word_class: torch.Tensor = field(init=False)  # (W,) class index of every word
 
     def __post_init__(self) -> None:
@@ -135,8 +155,10 @@ class LabelScorer:
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
         first = tok.bos_token_id if tok.bos_token_id is not None else tok.cls_token_id
         self.prefix = [first] if first is not None else []
-        pre, suf = self.template.split("{text}")
-        self.pre_ids, self.suf_ids = self._ids(pre), self._ids(suf)
+        self._specials = _special_pattern(tok)
+        self.pre, self.suf = self.template.split("{text}")
+        self.chat_pre, self.chat_post = self._chat_parts()
+        self.pre_ids, self.suf_ids = self._ids(self.pre), self._ids(self.suf)
         self.word_ids, classes = [], []
         for c, (label, words) in enumerate(self.label_words.items()):
             for w in words:
@@ -151,19 +173,77 @@ class LabelScorer:
                 classes.append(c)
         self.word_class = torch.tensor(classes)
         self.max_word = max(len(w) for w in self.word_ids)
-        fixed = len(self.prefix) + len(self.pre_ids) + len(self.suf_ids) + self.max_word
+        chat = len(self._tokens(self.chat_pre, True)) + len(self._tokens(self.chat_post, True))
+        fixed = len(self.prefix) + len(self.pre_ids) + len(self.suf_ids) + self.max_word + chat
         self.text_budget = self.max_length - fixed
         if self.text_budget < 1:
             raise ConfigError(
                 f"config field 'max_length': {self.max_length} tokens leave no room for the text "
                 f"(template and longest label word take {fixed})"
             )
-        if not self.prefix + self.pre_ids + self.suf_ids:
-            # the first word token needs a position to be predicted from
-            self.prefix = [self.pad_id]
+
+    def _chat_parts(self) -> tuple[str, str]:
+        """The chat template's text before and after the user message (``--chat-template``)."""
+        if not self.chat_template:
+            return "", ""
+        tok = self.tokenizer
+        if not getattr(tok, "chat_template", None):
+            raise ConfigError(
+                "config field 'chat_template': the tokenizer has no chat template "
+                "(chat_template in tokenizer_config.json); use a chat/instruct model's tokenizer"
+            )
+        mark = "ZHTUNEUSERTEXT7F3A"
+        rendered = tok.apply_chat_template(
+            [{"role": "user", "content": mark}], tokenize=False, add_generation_prompt=True
+        )
+        if not isinstance(rendered, str) or rendered.count(mark) != 1:
+            raise ConfigError("config field 'chat_template': the template does not render text")
+        before, after = rendered.split(mark)
+        bos = tok.bos_token
+        if self.prefix and bos and before.startswith(bos):
+            before = before[len(bos) :]  # the prefix adds it
+        return before, after
 
     def _ids(self, s: str) -> list[int]:
-        return list(self.tokenizer(s, add_special_tokens=False)["input_ids"]) if s else []
+        """Ids of ``s`` alone, special-token text split (user text, label words)."""
+        if not s:
+            return []
+        return list(
+            self.tokenizer(s, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        )
+
+    def _tokens(self, s: str, template: bool) -> list[int]:
+        return self.tokenize([(s, template)])
+
+    def tokenize(self, pieces: Sequence[tuple[str, bool]]) -> list[int]:
+        """Canonical ids of the joined pieces ``(text, is_template)``: special tokens count
+        only where they occur in template pieces; the rest is tokenized as one string."""
+        plain: list[str] = []  # runs of text between honoured special tokens
+        ids: list[int] = []
+        buf: list[str] = []
+        for text, is_template in pieces:
+            if not (is_template and self._specials is not None):
+                buf.append(text)
+                continue
+            pos = 0
+            for m in self._specials.finditer(text):
+                buf.append(text[pos : m.start()])
+                plain.append("".join(buf))
+                buf = []
+                plain.append(m.group(0))  # a special token, kept whole
+                pos = m.end()
+            buf.append(text[pos:])
+        plain.append("".join(buf))
+        for i, part in enumerate(plain):
+            if i % 2:
+                ids.append(self.tokenizer.convert_tokens_to_ids(part))
+            elif part:
+                ids += self._ids(part)
+        return ids
+
+    def _pieces(self, text: str) -> list[tuple[str, bool]]:
+        return [(self.chat_pre, True), (self.pre, True), (text, False), (self.suf, True),
+                (self.chat_post, True)]  # fmt: skip
 
     @property
     def labels(self) -> list[str]:
@@ -173,36 +253,65 @@ class LabelScorer:
     def n_words(self) -> int:
         return len(self.word_ids)
 
+    @property
+    def words(self) -> list[str]:
+        return [w for ws in self.label_words.values() for w in ws]
+
+    def truncate(self, texts: Sequence[str]) -> list[str]:
+        """Each text cut after its first ``text_budget`` tokens (at a character boundary)."""
+        enc = self.tokenizer(list(texts), add_special_tokens=False, split_special_tokens=True,
+                             return_offsets_mapping=True)  # fmt: skip
+        out = []
+        for text, offsets in zip(texts, enc["offset_mapping"], strict=True):
+            if len(offsets) > self.text_budget:
+                text = text[: offsets[self.text_budget - 1][1]]
+            out.append(text)
+        return out
+
     def encode_prompts(self, texts: Sequence[str]) -> list[list[int]]:
-        """Prompt token ids per text: [bos] template-before + text (truncated) + template-after."""
+        """Prompt token ids per text: [bos] + the canonical ids of the rendered prompt."""
         if not texts:
             return []
-        text_ids = self.tokenizer(
-            list(texts), add_special_tokens=False, truncation=True, max_length=self.text_budget
-        )["input_ids"]
-        return [
-            self.prefix + self.pre_ids + list(ids[: self.text_budget]) + self.suf_ids
-            for ids in text_ids
-        ]
+        return [self.prefix + self.tokenize(self._pieces(t)) for t in self.truncate(texts)]
+
+    def encode(self, texts: Sequence[str]) -> list[Encoded]:
+        """Per text: the ids shared by all W candidate rows and each row's scored tail."""
+        out: list[Encoded] = []
+        words = self.words
+        for t in self.truncate(texts) if texts else []:
+            pieces = self._pieces(t)
+            prompt = self.prefix + self.tokenize(pieces)
+            rows = [self.prefix + self.tokenize([*pieces, (w, False)]) for w in words]
+            k = min(common_prefix(r, prompt) for r in rows)
+            k = min(k, min(len(r) for r in rows) - 1)  # every row scores >= 1 token
+            shared = prompt[:k]
+            if not shared:  # the first scored token needs a position to be predicted from
+                shared, k = [self.pad_id], 0
+                rows = [[self.pad_id, *r] for r in rows]
+                k = 1
+            out.append((shared, [r[k:] for r in rows]))
+        return out
 
     def candidates(
-        self, prompts: Sequence[Sequence[int]], labels: Sequence[int] | None = None
+        self, encoded: Sequence[Encoded | Sequence[int]], labels: Sequence[int] | None = None
     ) -> dict[str, torch.Tensor]:
-        """All B*W rows ``prompt_b + word_w`` (row ``b * W + w``), left-padded to T tokens.
+        """All B*W rows ``shared_b + tail_bw`` (row ``b * W + w``), left-padded to T tokens.
+        An item that is a plain id list is a prompt whose rows are ``prompt + word_ids[w]``.
 
-        ``word_targets`` (B*W, T) holds the word's token ids where the word is and -100 on
-        the prompt and the padding (Hugging Face ``labels`` convention: not shifted)."""
-        rows = [list(p) + w for p in prompts for w in self.word_ids]
-        T = max(len(r) for r in rows)
+        ``word_targets`` (B*W, T) holds the tail's ids where the tail is and -100 on the
+        shared prefix and the padding (Hugging Face ``labels`` convention: not shifted)."""
+        pairs = [e if isinstance(e, tuple) else (list(e), self.word_ids) for e in encoded]
+        rows = [(list(sh), list(tl)) for sh, tails in pairs for tl in tails]
+        T = max(len(sh) + len(tl) for sh, tl in rows)
         n = len(rows)
         input_ids = torch.full((n, T), self.pad_id, dtype=torch.long)  # (B*W, T)
         mask = torch.zeros((n, T), dtype=torch.long)  # (B*W, T), 1 = real token
         targets = torch.full((n, T), IGNORE, dtype=torch.long)  # (B*W, T)
-        for i, row in enumerate(rows):
+        for i, (sh, tl) in enumerate(rows):
+            row = sh + tl
             input_ids[i, T - len(row) :] = torch.tensor(row)
             mask[i, T - len(row) :] = 1
-            w = self.word_ids[i % self.n_words]
-            targets[i, T - len(w) :] = torch.tensor(w)
+            targets[i, T - len(tl) :] = torch.tensor(tl)
         batch = {
             "input_ids": input_ids,
             "attention_mask": mask,
@@ -216,9 +325,9 @@ class LabelScorer:
     def word_logprobs(
         self, lm, batch: dict[str, torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Summed log-probability of each row's word and its token count: (N,), (N,)."""
+        """Summed log-probability of each row's tail and its token count: (N,), (N,)."""
         targets = batch["word_targets"]
-        L = int((targets != IGNORE).sum(-1).max())  # longest word in these rows
+        L = int((targets != IGNORE).sum(-1).max())  # longest tail in these rows
         out = lm(
             input_ids=batch["input_ids"],
             attention_mask=batch["attention_mask"],
@@ -227,10 +336,9 @@ class LabelScorer:
             use_cache=False,
         )
         # logits at positions T-L-1 .. T-2 predict the tokens at T-L .. T-1
-        logp = F.log_softmax(out.logits[:, :-1].float(), dim=-1)  # (N, L, V)
         tgt = targets[:, -L:]  # (N, L)
         real = tgt != IGNORE
-        tok = logp.gather(-1, tgt.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # (N, L)
+        tok = token_logprobs(out.logits[:, :-1], tgt.clamp(min=0))  # (N, L)
         return (tok * real).sum(-1), real.sum(-1)
 
     def class_scores(self, word_scores: torch.Tensor) -> torch.Tensor:
@@ -246,21 +354,64 @@ class LabelScorer:
     def normalise(self, sums: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         return sums / counts if self.score_norm == "mean" else sums
 
+    def _one_token_scores(self, lm, items: Sequence[Encoded], device) -> torch.Tensor:
+        """Every tail one token: one forward over the B shared prefixes (not B*W rows)."""
+        B = len(items)
+        T = max(len(sh) for sh, _ in items)
+        ids = torch.full((B, T), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((B, T), dtype=torch.long)
+        for i, (sh, _) in enumerate(items):
+            ids[i, T - len(sh) :] = torch.tensor(sh)
+            mask[i, T - len(sh) :] = 1
+        tails = torch.tensor([[t[0] for t in tl] for _, tl in items])  # (B, W)
+        out = lm(input_ids=ids.to(device), attention_mask=mask.to(device),
+                 position_ids=(mask.cumsum(-1) - 1).clamp(min=0).to(device),
+                 logits_to_keep=1, use_cache=False)  # fmt: skip
+        return _last_logprobs(out.logits[:, -1], tails.to(device))  # (B, W)
+
     @torch.inference_mode()
     def predict_scores(self, lm, texts: Sequence[str], batch_size: int = 16) -> np.ndarray:
         """Class scores (N, C) in input order; texts are length-sorted into batches."""
-        prompts = self.encode_prompts(texts)
+        encoded = self.encode(texts)
         out = np.zeros((len(texts), len(self.label_words)), dtype=np.float64)
-        order = np.argsort([len(p) for p in prompts], kind="stable")
+        order = np.argsort([len(sh) + max(map(len, tl)) for sh, tl in encoded], kind="stable")
         device = next(lm.parameters()).device
         for b0 in range(0, len(order), max(1, batch_size)):
             idx = order[b0 : b0 + max(1, batch_size)]
-            batch = self.candidates([prompts[i] for i in idx])
-            batch = {k: v.to(device) for k, v in batch.items()}
-            sums, counts = self.word_logprobs(lm, batch)
-            words = self.normalise(sums, counts).view(len(idx), self.n_words)  # (B, W)
-            out[idx] = self.class_scores(words).double().cpu().numpy()
+            items = [encoded[i] for i in idx]
+            if all(len(t) == 1 for _, tl in items for t in tl):
+                words = self._one_token_scores(lm, items, device)  # (B, W); mean = sum
+            else:
+                batch = {k: v.to(device) for k, v in self.candidates(items).items()}
+                sums, counts = self.word_logprobs(lm, batch)
+                words = self.normalise(sums, counts).view(len(idx), self.n_words)  # (B, W)
+            out[idx] = self.class_scores(words.float()).double().cpu().numpy()
         return out
+
+
+def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log-softmax(logits)[target] = logit[target] - logsumexp(logits), per position, in fp32,
+    without a full-vocabulary log-probability copy: (N, L, V), (N, L) -> (N, L)."""
+    picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1).float()  # (N, L)
+    lse = torch.stack([logits[:, i].float().logsumexp(-1) for i in range(logits.shape[1])], 1)
+    return picked - lse
+
+
+def _last_logprobs(logits: torch.Tensor, tails: torch.Tensor) -> torch.Tensor:
+    """(B, V) next-token logits, (B, W) candidate ids -> (B, W) log-probabilities."""
+    return logits.gather(-1, tails).float() - logits.float().logsumexp(-1, keepdim=True)
+
+
+def _special_pattern(tok: Any) -> Any:
+    """A regex matching the tokenizer's special / added tokens (longest first), or None."""
+    import re
+
+    names = set(getattr(tok, "all_special_tokens", []) or [])
+    names |= set(getattr(tok, "added_tokens_encoder", {}) or {})
+    names = {n for n in names if n}
+    if not names:
+        return None
+    return re.compile("|".join(re.escape(n) for n in sorted(names, key=len, reverse=True)))
 
 
 # --- training ------------------------------------------------------------------------------
@@ -271,20 +422,40 @@ class ScoringCollator:
         self.scorer = scorer
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
-        return self.scorer.candidates(
-            [f["input_ids"] for f in features], [int(f["labels"]) for f in features]
-        )
+        items: list[Any] = []
+        for f in features:
+            packed = f.get("word_targets")
+            items.append(f["input_ids"] if packed is None else (list(f["input_ids"]),
+                                                                unpack_tails(packed)))  # fmt: skip
+        return self.scorer.candidates(items, [int(f["labels"]) for f in features])
+
+
+def pack_tails(tails: Sequence[Sequence[int]]) -> list[int]:
+    """W tails as one flat list ``[len_0, *tail_0, len_1, *tail_1, ...]`` (a dataset column)."""
+    return [x for t in tails for x in (len(t), *t)]
+
+
+def unpack_tails(packed: Sequence[int]) -> list[list[int]]:
+    out, i = [], 0
+    packed = list(packed)
+    while i < len(packed):
+        n = int(packed[i])
+        out.append([int(x) for x in packed[i + 1 : i + 1 + n]])
+        i += 1 + n
+    return out
 
 
 def prompt_dataset(scorer: LabelScorer, texts: Sequence[str], label_ids: Sequence[int]):
-    """A ``datasets.Dataset`` with ``input_ids`` (prompt), ``labels`` and ``length``."""
+    """A ``datasets.Dataset``: ``input_ids`` (the ids all candidate rows share),
+    ``word_targets`` (the rows' tails, packed), ``labels`` and ``length``."""
     import datasets
 
-    prompts = scorer.encode_prompts(texts)
+    encoded = scorer.encode(texts)
     return datasets.Dataset.from_dict(
         {
-            "input_ids": prompts,
+            "input_ids": [sh for sh, _ in encoded],
+            "word_targets": [pack_tails(tl) for _, tl in encoded],
             "labels": list(label_ids),
-            "length": [len(p) + scorer.max_word for p in prompts],
+            "length": [len(sh) + max(map(len, tl)) for sh, tl in encoded],
         }
     )

@@ -5,6 +5,10 @@ their log-probability after it (:mod:`zhtune.llm.scoring`). The run directory ge
 metrics, predictions and figures of any other run, plus ``zhtune.json`` (kind ``scoring``:
 base model, template, label words), so ``Classifier.load(out)`` / evaluate / predict / serve
 work on it. The model itself is not copied: ``zhtune.json`` names it.
+
+No training data is needed: ``--test FILE`` alone (or ``--dataset``) is enough; the label set
+is ``--labels a,b,c`` (in that order) or the test file's labels. ``--chat-template`` wraps the
+prompt in the tokenizer's chat template (instruct models such as Qwen2.5-Instruct).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from pathlib import Path
 
 from zhtune.config import add_config_args, arg, check, config_from_args, save_config
 from zhtune.data import DataConfig, load_splits
+from zhtune.errors import ConfigError, DataError
 from zhtune.llm.scoring import DEFAULT_TEMPLATE, SCORE_NORMS, WORD_AGGS, parse_label_words
 from zhtune.llm.scoring import parse_template as _parse_template
 from zhtune.runs import prepare_out_dir, resolve_model, write_json, write_manifest
@@ -40,8 +45,20 @@ class ZeroShotConfig(DataConfig):
     qlora: bool = arg(False, "load the model in 4-bit NF4 (bitsandbytes) to save memory")
     max_length: int = arg(128, "truncate the prompt to this many tokens")
     batch_size: int = arg(16, "texts per forward pass (x the number of label words)")
+    labels: list[str] | None = arg(
+        None, "the label set, in order (default: the labels of the test data)"
+    )
+    chat_template: bool = arg(
+        False, "wrap the prompt with the tokenizer's chat template (instruct models)"
+    )
+    device: str = arg("auto", "auto, cpu, cuda or cuda:N (auto: the first GPU, else CPU)")
+    trust_remote_code: bool = arg(
+        False, "run a custom-code checkpoint's own Python code (auto_map); only code you trust"
+    )
 
     def __post_init__(self) -> None:
+        if self.test and not (self.train or self.dataset or self.data_dir):
+            self.train = self.test  # test-only: no training rows are read (test_only_splits)
         super().__post_init__()
         check(bool(self.model.strip()), "model", "give --model DIR|HUB_ID (a causal LM)")
         self.model = resolve_model(self.model)  # builtin:NAME -> its shipped directory
@@ -54,33 +71,71 @@ class ZeroShotConfig(DataConfig):
         )
 
 
+def test_only(cfg: ZeroShotConfig) -> bool:
+    return bool(cfg.test) and cfg.train == cfg.test and not (cfg.dataset or cfg.data_dir)
+
+
+def zero_shot_splits(cfg: ZeroShotConfig):
+    """The splits to score: the test file alone (``--test``; labels from ``--labels`` or the
+    file), else :func:`load_splits` (``--labels`` then fixes the label order)."""
+    from zhtune.data.labels import LabelMap
+    from zhtune.data.readers import BadRows, read_file
+    from zhtune.data.splits import Split, Splits, _to_split
+
+    if not test_only(cfg):
+        splits = load_splits(cfg)
+        if cfg.labels and set(cfg.labels) != set(splits.label_map.names):
+            raise ConfigError(
+                f"config field 'labels': {cfg.labels} differ from the data's labels "
+                f"{list(splits.label_map.names)}"
+            )
+        if cfg.labels:
+            lmap = LabelMap(tuple(cfg.labels))
+            splits = Splits(splits.train, splits.dev, splits.test, lmap, splits.report)
+        return splits
+    bad = BadRows(cfg.on_bad_row)
+    rows = read_file(str(cfg.test), cfg.text_column, cfg.label_column, bad, cfg.file_format)
+    lmap = LabelMap.from_labels([r.label or "" for r in rows], cfg.labels or cfg.label_names)
+    test = _to_split(rows, lmap, bad)
+    if not len(test):
+        raise DataError(f"{cfg.test}: no usable rows")
+    empty = Split([], [])
+    report = {"labels": list(lmap.names), "sizes": {"train": 0, "dev": 0, "test": len(test)},
+              "test_only": True, "bad_rows": bad.summary(), "warnings": []}  # fmt: skip
+    return Splits(empty, empty, test, lmap, report)
+
+
 def run_zero_shot(cfg: ZeroShotConfig, out: str | Path) -> dict:
     """Score the test split with no training; returns the test metrics."""
     from zhtune.classifier import Classifier
-    from zhtune.device import set_threads
+    from zhtune.device import inference_dtype, resolve_device, set_threads
     from zhtune.evaluation.scoring import write_test_outputs
     from zhtune.llm.models import ScoringBackend, load_base, load_llm_tokenizer, model_ref
     from zhtune.llm.scoring import LabelScorer, resolve_label_words
 
     set_threads()
+    device = resolve_device(cfg.device)
     base_ref = model_ref(cfg.model)
     out = prepare_out_dir(out)
     save_config(cfg, out)
-    splits = load_splits(cfg)
+    splits = zero_shot_splits(cfg)
     write_json(out / "data.json", splits.report)
     labels = list(splits.label_map.names)
     words = resolve_label_words(labels, cfg.label_words)
     tokenizer = load_llm_tokenizer(cfg.model, cfg.tokenizer)
     scorer = LabelScorer(tokenizer, cfg.prompt_template, words, cfg.score_norm, cfg.word_agg,
-                         cfg.max_length)  # fmt: skip
+                         cfg.max_length, chat_template=cfg.chat_template)  # fmt: skip
     t = time.perf_counter()
-    model = load_base(cfg.model, "scoring", tokenizer, qlora=cfg.qlora).eval()
+    model = load_base(cfg.model, "scoring", tokenizer, qlora=cfg.qlora, device=device,
+                      dtype=inference_dtype(device),
+                      trust_remote_code=cfg.trust_remote_code).eval()  # fmt: skip
     load_seconds = time.perf_counter() - t
     log.info("zero-shot %s: labels %s, words %s", cfg.model, labels, words)
     tokenizer.save_pretrained(out)
     write_manifest(out, "scoring", labels, mode="zero-shot", base_model=base_ref, qlora=cfg.qlora,
                    template=scorer.template, label_words=words, score_norm=cfg.score_norm,
-                   word_agg=cfg.word_agg, max_length=cfg.max_length)  # fmt: skip
+                   word_agg=cfg.word_agg, max_length=cfg.max_length,
+                   chat_template=cfg.chat_template)  # fmt: skip
     clf = Classifier(ScoringBackend(model, scorer), "scoring", str(out))
     extra = {
         "model": f"zero-shot:{Path(cfg.model).name or cfg.model}",

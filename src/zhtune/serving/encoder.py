@@ -37,6 +37,9 @@ def encode_batches(
 
     Texts are tokenized without padding, sorted by token count (stable) and each batch is
     right-padded to its own longest row. ``token_type_ids`` are zeros (single sentences).
+    User text is tokenized with ``split_special_tokens=True``: a text containing ``[SEP]`` or
+    ``<|endoftext|>`` gets the tokens of those characters, not the special token itself (which
+    would move the token a classification head reads, or end the text early).
     """
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     batch_size = max(1, int(batch_size))
@@ -49,6 +52,7 @@ def encode_batches(
             padding=False,
             return_attention_mask=False,
             return_token_type_ids=False,
+            split_special_tokens=True,
         )["input_ids"]
         lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
         order = np.argsort(lengths, kind="stable")
@@ -101,7 +105,12 @@ def quantize_int8(model):
 class EncoderBackend:
     """AutoModelForSequenceClassification + tokenizer, length-sorted batches, inference mode."""
 
-    def __init__(self, model, tokenizer, max_length: int = 128, int8: bool = False) -> None:
+    def __init__(
+        self, model, tokenizer, max_length: int = 128, int8: bool = False, device=None
+    ) -> None:
+        import torch
+
+        self.device = torch.device("cpu") if device is None else device
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.max_length = max_length
@@ -117,12 +126,21 @@ class EncoderBackend:
         allow_pickle: bool = False,
         max_length: int | None = None,
         int8: bool = False,
+        device: object = "auto",
         **_: object,
     ) -> EncoderBackend:
+        """``device``: ``auto|cpu|cuda|cuda:N`` or a ``torch.device`` (:mod:`zhtune.device`);
+        on CUDA the weights are bf16 (else fp16), on CPU fp32. ``int8`` is CPU-only (``auto``
+        then means CPU). ``allow_pickle`` also reads ``.bin`` weights, preferring safetensors
+        where both exist."""
         from transformers import AutoModelForSequenceClassification
 
+        from zhtune.device import inference_dtype, require_cpu
         from zhtune.text import load_tokenizer
 
+        dev = _device(device, int8)
+        if int8:
+            require_cpu(dev, "--int8 (PyTorch dynamic quantization)")
         set_threads()
         local = Path(path)
         check_safetensors(local, allow_pickle)
@@ -136,7 +154,10 @@ class EncoderBackend:
         hf_logging.set_verbosity_error()  # missing weights are reported below, in one line
         try:
             model, info = AutoModelForSequenceClassification.from_pretrained(
-                str(path), use_safetensors=not allow_pickle, output_loading_info=True
+                str(path),
+                use_safetensors=None if allow_pickle else True,
+                output_loading_info=True,
+                dtype=inference_dtype(dev),
             )
             tokenizer = load_tokenizer(str(path))
         except (OSError, ValueError, KeyError, RuntimeError) as e:
@@ -162,9 +183,8 @@ class EncoderBackend:
             )
         max_len = max_length or int(getattr(model.config, "zhtune_max_length", 0) or 128)
         model.eval()
-        if int8:
-            model = quantize_int8(model)
-        return cls(model, tokenizer, max_len, int8=int8)
+        model = quantize_int8(model) if int8 else model.to(dev)
+        return cls(model, tokenizer, max_len, int8=int8, device=dev)
 
     def predict_logits(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
         import torch
@@ -174,12 +194,25 @@ class EncoderBackend:
             for idx, feed in encode_batches(
                 self.tokenizer, texts, batch_size, self.max_length, self.input_names
             ):
-                inputs = {k: torch.from_numpy(v) for k, v in feed.items()}
-                out[idx] = self.model(**inputs).logits.float().numpy()  # (B, n_labels)
+                inputs = {k: torch.from_numpy(v).to(self.device) for k, v in feed.items()}
+                out[idx] = self.model(**inputs).logits.float().cpu().numpy()  # (B, n_labels)
         return out
 
     def predict_proba(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
         return softmax(self.predict_logits(texts, batch_size))
+
+
+def _device(spec: object, int8: bool = False):
+    """A ``torch.device`` from a spec or a device; ``auto`` with ``int8`` is the CPU."""
+    import torch
+
+    from zhtune.device import resolve_device
+
+    if isinstance(spec, torch.device):
+        return spec
+    if int8 and str(spec or "auto").lower() == "auto":
+        return torch.device("cpu")
+    return resolve_device(str(spec) if spec is not None else "auto")
 
 
 def load_backend(path: Path | str, manifest: dict, **kw: object) -> EncoderBackend:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import sys
 import time
 import warnings
 from collections.abc import Sequence
@@ -100,10 +101,20 @@ class OnnxBackend:
 
 
 def load_backend(
-    path: Path | str, manifest: dict, int8: bool | None = None, **_: object
+    path: Path | str,
+    manifest: dict,
+    int8: bool | None = None,
+    device: object = "auto",
+    **_: object,
 ) -> OnnxBackend:
-    """``int8=None`` runs the file the export chose; ``True``/``False`` pick one explicitly."""
+    """``int8=None`` runs the file the export chose; ``True``/``False`` pick one explicitly.
+    ONNX models run on CPU (onnxruntime's CPU provider): ``device`` cuda is a one-line error."""
     from zhtune.text import load_tokenizer
+
+    if str(device or "auto").lower() not in ("auto", "cpu"):
+        from zhtune.device import require_cpu
+
+        require_cpu(str(device), "an ONNX model (onnxruntime CPU provider)")
 
     path = Path(path)
     if int8 is None:
@@ -287,7 +298,7 @@ def _load_encoder(model: str, max_length: int | None) -> tuple[Classifier, Encod
     manifest = read_manifest(model) if Path(model).is_dir() else None
     if manifest and manifest["kind"] in ("baseline", "onnx", "scoring", "lora-head"):
         raise refuse(manifest["kind"])
-    src = Classifier.load(model, max_length=max_length)
+    src = Classifier.load(model, max_length=max_length, device="cpu")  # tracing runs on CPU
     backend = src.backend
     if not isinstance(backend, EncoderBackend):
         raise refuse(src.kind)
@@ -424,6 +435,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="allow --int8 without labelled data (accuracy not checked)",
     )
     p.add_argument("--batch-size", type=int, default=32, help="texts per batch for the checks")
+    p.add_argument(
+        "--device",
+        default="cpu",
+        metavar="DEVICE",
+        help="export always runs on CPU (ONNX tracing and the checks); any other value is "
+        "noted and ignored (default: cpu)",
+    )
     add_config_args(p, DataConfig)
 
 
@@ -432,6 +450,8 @@ def run_cli(ns: argparse.Namespace) -> int:
     from zhtune.config import config_from_args
     from zhtune.data import DataConfig
 
+    if str(ns.device).lower() != "cpu":
+        print(f"note: export runs on CPU; --device {ns.device} ignored", file=sys.stderr)
     given = config_from_args(DataConfig, ns)
     data: DataConfig | None = given
     if not given.source_given():

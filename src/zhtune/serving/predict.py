@@ -77,6 +77,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="allow a model whose weights are only .bin (pickle) files, if you trust them",
     )
+    from zhtune.device import add_device_arg
+
+    add_device_arg(p, "; --int8 and ONNX models run on CPU")
     p.add_argument(
         "--threads",
         type=int,
@@ -109,7 +112,8 @@ def run_cli(ns: argparse.Namespace) -> int:
         return run_ray_cli(ns)
     if ns.threads:
         os.environ["ZHTUNE_THREADS"] = str(ns.threads)
-    kw = {"int8": True} if ns.int8 else {}
+    kw: dict = {"int8": True} if ns.int8 else {}
+    kw["device"] = ns.device
     if ns.allow_pickle:
         kw["allow_pickle"] = True
     clf = Classifier.load(ns.model, calibrated=ns.calibrated, **kw)

@@ -54,6 +54,7 @@ class ServeSettings:
     int8: bool = False
     calibrated: bool = False
     allow_pickle: bool = False  # trusted .bin weights (torch.load weights_only=True)
+    device: str = "auto"  # auto|cpu|cuda|cuda:N (zhtune.device)
 
     def check(self) -> None:
         """Raise :class:`ZhtuneError` for a limit out of range."""
@@ -110,6 +111,7 @@ class AppState:
         settings = self.settings
         try:
             kw: dict[str, Any] = {"int8": True} if settings.int8 else {}
+            kw["device"] = settings.device
             if settings.allow_pickle:
                 kw["allow_pickle"] = True
             clf = Classifier.load(settings.model, calibrated=settings.calibrated, **kw)
@@ -463,6 +465,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=int,
         help="inference threads (default: the cores other processes leave free)",
     )
+    from zhtune.device import add_device_arg
+
+    add_device_arg(p)
     p.add_argument("--access-log", action="store_true", help="log every request")
     p.add_argument(
         "--graceful-timeout",
