@@ -300,3 +300,23 @@ def test_presets_parse_and_run_a_step(preset, tmp_path, sentiment_csv):
     )
     m = run_finetune(cfg, tmp_path / "run")
     assert m["steps"] == 1
+
+
+def test_half_precision_checkpoint_is_fine_tuned_in_fp32(tmp_path, sentiment_csv):
+    """transformers 5 keeps a checkpoint's dtype (dtype="auto"): a bf16 base must still get
+    fp32 trainable weights (issue 13, finding 5)."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from conftest import tiny_encoder
+    from zhtune.finetune.encoder import build_model, load_tokenizer_for
+
+    base = tiny_encoder(tmp_path / "fp32")
+    AutoModelForSequenceClassification.from_pretrained(base).to(torch.bfloat16).save_pretrained(
+        tmp_path / "bf16"
+    )
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        (tmp_path / "bf16" / f).write_bytes((base / f).read_bytes())
+    cfg = finetune_cfg(sentiment_csv, str(tmp_path / "bf16"), max_steps=1)
+    model = build_model(cfg, ["negative", "positive"], load_tokenizer_for(cfg))
+    assert {p.dtype for p in model.parameters()} == {torch.float32}

@@ -18,6 +18,7 @@ from typing import Any
 
 from zhtune.config import add_config_args, arg, check, config_from_args, save_config
 from zhtune.data import DataConfig, load_splits
+from zhtune.device import trainable_dtype
 from zhtune.errors import ConfigError, ModelLoadError, ZhtuneError
 from zhtune.finetune.augment import AugmentConfig, augment_splits
 from zhtune.runs import prepare_out_dir, resolve_model, write_json, write_manifest
@@ -175,7 +176,10 @@ def build_model(cfg: FinetuneConfig, labels: list[str], tokenizer: Any):
     check_safetensors(local, cfg.allow_pickle)
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
-            cfg.model, config=config, use_safetensors=None if cfg.allow_pickle else True
+            cfg.model,
+            config=config,
+            use_safetensors=None if cfg.allow_pickle else True,
+            dtype=trainable_dtype(),  # a bf16/fp16 checkpoint is trained with fp32 weights
         )
         return _fit_vocab(model, tokenizer)
     except (OSError, ValueError) as e:

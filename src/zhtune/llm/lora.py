@@ -29,6 +29,7 @@ from typing import Any
 
 from zhtune.config import add_config_args, arg, check, config_from_args, save_config
 from zhtune.data import DataConfig, load_splits
+from zhtune.finetune.augment import AugmentConfig, augment_splits
 from zhtune.llm.models import load_backend  # noqa: F401 - Classifier kinds lora-head, scoring
 from zhtune.llm.scoring import DEFAULT_TEMPLATE, SCORE_NORMS, WORD_AGGS, parse_label_words
 from zhtune.llm.scoring import parse_template as _parse_template
@@ -43,7 +44,7 @@ DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
 
 @dataclass
-class LlmConfig(TrainingConfig):
+class LlmConfig(AugmentConfig, TrainingConfig):
     """LoRA / QLoRA on a decoder LLM: classification head or label scoring."""
 
     model: str = arg("", "causal LM directory or hub id (e.g. runs/pretrain-clm-tiny)")
@@ -200,7 +201,7 @@ def run_lora(cfg: LlmConfig, out: str | Path) -> dict:
     main = is_main_process()  # under torchrun / accelerate only rank 0 writes run files
     if main:
         save_config(cfg, out)
-    splits = load_splits(cfg)
+    splits = augment_splits(load_splits(cfg), cfg)  # train rows only
     if main:
         write_json(out / "data.json", splits.report)
     for w in splits.report["warnings"]:
