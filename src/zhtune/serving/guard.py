@@ -17,7 +17,9 @@ if TYPE_CHECKING:
 
     from zhtune.serving.server import AppState, ServeSettings
 
-KNOWN_PATHS = {"/", "/health", "/metrics", "/v1/classify", "/docs", "/openapi.json"}
+KNOWN_PATHS = {
+    "/", "/health", "/metrics", "/v1/classify", "/predict", "/docs", "/openapi.json"
+}  # fmt: skip
 PUBLIC_PATHS = {"/health"}
 
 

@@ -1,7 +1,8 @@
 """``zhtune serve``: an HTTP API and a web page for one model (FastAPI + uvicorn).
 
 Endpoints (see docs/serving.md): ``POST /v1/classify``, ``GET /health``, ``GET /metrics``
-(Prometheus), ``GET /`` (web page), ``GET /docs`` + ``/openapi.json``.
+(Prometheus), ``GET /`` (web page), ``GET /docs`` + ``/openapi.json``; ``POST /`` (Hugging
+Face Inference API) and ``POST /predict`` (TEI) in ``compat.py``.
 
 Every limit answers with its own status code and a JSON body
 ``{"error": {"status", "code", "message"}}``; bad input never gets a 5xx. The model is the
@@ -149,6 +150,9 @@ def create_app(settings: ServeSettings, classifier: Any = None) -> Guard:
     )
     _add_error_handlers(app)
     _add_classify_route(app, state, err)
+    from zhtune.serving.compat import add_compat_routes  # imports this module
+
+    add_compat_routes(app, state, err)
     _add_health_metrics_routes(app, state)
     _add_page_route(app)
     if settings.api_key:
@@ -291,19 +295,8 @@ def _add_classify_route(app: "FastAPI", state: AppState, err: ErrDoc) -> None:
         summary="Classify texts",
     )
     async def classify(req: ClassifyRequest) -> ClassifyResponse:
-        texts, cut = _checked_texts(req.texts, req.truncate, settings)
-        clf, batcher = state.clf, state.batcher
-        if batcher is None:
-            raise ApiError(
-                503, "loading", "the model is still loading; retry in a moment", retry_after=2
-            )
-        try:
-            future = batcher.submit(texts)
-        except QueueFull as e:
-            raise ApiError(
-                429, "queue_full", f"server busy ({e}); retry later", retry_after=1
-            ) from None
-        probs = await asyncio.wrap_future(future)
+        texts, cut = checked_texts(req.texts, req.truncate, settings)
+        clf, probs = await run_batch(state, texts)
         results = [
             Prediction.model_validate({**p, "truncated": c})
             for p, c in zip(clf.format(probs), cut, strict=True)
@@ -311,8 +304,25 @@ def _add_classify_route(app: "FastAPI", state: AppState, err: ErrDoc) -> None:
         return ClassifyResponse(model=state.model_name(), labels=clf.labels, results=results)
 
 
-def _checked_texts(
-    given: list[str], truncate: bool, settings: ServeSettings
+async def run_batch(state: AppState, texts: list[str]) -> tuple[Any, Any]:
+    """``(classifier, probabilities)`` for checked ``texts`` through the micro-batcher;
+    :class:`ApiError` 503 while the model loads, 429 when the queue is full."""
+    clf, batcher = state.clf, state.batcher
+    if batcher is None:
+        raise ApiError(
+            503, "loading", "the model is still loading; retry in a moment", retry_after=2
+        )
+    try:
+        future = batcher.submit(texts)
+    except QueueFull as e:
+        raise ApiError(
+            429, "queue_full", f"server busy ({e}); retry later", retry_after=1
+        ) from None
+    return clf, await asyncio.wrap_future(future)
+
+
+def checked_texts(
+    given: list[str], truncate: bool, settings: ServeSettings, field: str = "texts"
 ) -> tuple[list[str], list[bool]]:
     """The texts to classify (cut to ``max_chars`` when ``truncate``) and which were cut;
     :class:`ApiError` (413 or 422) for too many, blank, invalid or too long texts."""
@@ -325,19 +335,19 @@ def _checked_texts(
     texts, cut = [], []
     for i, t in enumerate(given):
         if not NON_SPACE.search(t):
-            raise ApiError(422, "empty_text", f"texts[{i}] is empty or only whitespace")
+            raise ApiError(422, "empty_text", f"{field}[{i}] is empty or only whitespace")
         try:
             t.encode("utf-8")
         except UnicodeEncodeError:
             raise ApiError(
-                422, "invalid_text", f"texts[{i}] is not valid Unicode (lone surrogate)"
+                422, "invalid_text", f"{field}[{i}] is not valid Unicode (lone surrogate)"
             ) from None
         if len(t) > settings.max_chars:
             if not truncate:
                 raise ApiError(
                     422,
                     "text_too_long",
-                    f"texts[{i}] has {len(t)} characters; the limit is "
+                    f"{field}[{i}] has {len(t)} characters; the limit is "
                     f'{settings.max_chars} (or send "truncate": true)',
                 )
             t = t[: settings.max_chars]
