@@ -58,8 +58,8 @@ def test_inference_client_text_classification(server: Server) -> None:
     assert e.value.response.status_code == 401
     with pytest.raises(HfHubHTTPError) as e:
         client.text_classification(TEXTS[0], function_to_apply="sigmoid")
-    assert e.value.response.status_code == 422
-    assert "single-label" in e.value.response.json()["error"]["message"]
+    assert e.value.response.status_code == 422  # single-label models: softmax or none
+    assert "function_to_apply" in e.value.response.json()["error"]["message"]
 
 
 def test_hf_route_shapes_and_limits(server: Server) -> None:

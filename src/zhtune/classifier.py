@@ -19,7 +19,7 @@ import numpy as np
 
 from zhtune.errors import ModelLoadError, ZhtuneError
 from zhtune.probs import apply_temperature
-from zhtune.runs import read_manifest
+from zhtune.runs import read_manifest, verify_weights
 
 
 class Backend(Protocol):
@@ -93,12 +93,15 @@ class Classifier:
         return list(self.backend.labels)
 
     @classmethod
-    def load(cls, path: str | Path, *, calibrated: bool = False, **kw: Any) -> Classifier:
+    def load(
+        cls, path: str | Path, *, calibrated: bool = False, skip_verify: bool = False, **kw: Any
+    ) -> Classifier:
         """Load a run directory, a model directory or a Hugging Face hub id.
 
         ``calibrated=True`` applies the temperature fitted by ``zhtune evaluate``
-        (``calibration.json``). Extra keyword arguments go to the kind's loader
-        (e.g. ``device``, ``allow_pickle``)."""
+        (``calibration.json``). The weight files are checked against the sha256 digests in
+        ``zhtune.json`` (when it has them) unless ``skip_verify``. Extra keyword arguments go
+        to the kind's loader (e.g. ``device``, ``allow_pickle``)."""
         p = Path(path)
         manifest = read_manifest(p) if p.is_dir() else None
         if manifest is None:
@@ -108,8 +111,11 @@ class Classifier:
                 )
             if not p.is_dir() and (p.exists() or str(path).startswith((".", "/"))):
                 raise ModelLoadError(f"{path}: no such model directory")
-            _check_hub_id(str(path))
+            if not p.is_dir():  # a local Hugging Face directory needs no hub
+                _check_hub_id(str(path))
             manifest = {"kind": "encoder"}
+        if p.is_dir():
+            verify_weights(p, manifest, skip=skip_verify)
         kind = manifest["kind"]
         backend = load_backend(kind, p if p.exists() else str(path), manifest, **kw)
         temperature = 1.0

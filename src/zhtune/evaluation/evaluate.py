@@ -395,6 +395,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--no-robustness", action="store_true", help="skip the robustness perturbations")
     p.add_argument(
+        "--skip-verify",
+        action="store_true",
+        help="do not check the weight files against the sha256 digests in zhtune.json "
+        "(very large models; a warning is logged)",
+    )
+    p.add_argument(
         "--allow-pickle",
         action="store_true",
         help="allow a model whose weights are only .bin (pickle) files, if you trust them",
@@ -428,10 +434,11 @@ def run_cli(ns: argparse.Namespace) -> int:
     if ns.no_robustness:
         cfg.robustness = False
     model = ns.model
-    if ns.allow_pickle:
+    if ns.allow_pickle or ns.skip_verify:
         from zhtune.classifier import Classifier
 
-        model = Classifier.load(ns.model, allow_pickle=True)
+        kw = {"allow_pickle": True} if ns.allow_pickle else {}
+        model = Classifier.load(ns.model, skip_verify=ns.skip_verify, **kw)
     row = evaluate_model(model, cfg, ns.out, save_temperature_to_model=ns.save_temperature)
     print(format_table([row], SUMMARY_COLUMNS))
     a = row["abstain_threshold"]

@@ -14,7 +14,7 @@ give log-probabilities (the logits up to a per-text constant: same order, same d
 """
 
 # no ``from __future__ import annotations``: FastAPI reads the route signatures
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import numpy as np
 
@@ -49,21 +49,37 @@ def _limits(err: ErrDoc) -> dict[int | str, dict[str, Any]]:
     }
 
 
+def _text_types(max_chars: int | None) -> Any:
+    """A non-blank text in the schema (``pattern``, ``maxLength`` when not truncating)."""
+    from pydantic import Field
+
+    extra: dict[str, Any] = {"pattern": r"\S"}
+    if max_chars:
+        extra["maxLength"] = max_chars
+    return Annotated[str, Field(min_length=1, json_schema_extra=extra)]
+
+
 def _add_hf_route(app: "FastAPI", state: AppState, err: ErrDoc) -> None:
     from pydantic import BaseModel, ConfigDict, Field
+
+    Text = _text_types(state.settings.max_chars)
+    many = {"maxItems": state.settings.max_texts}
+    Batch = Annotated[list[Text], Field(min_length=1, json_schema_extra=many)]  # type: ignore[valid-type]
 
     class HfParameters(BaseModel):
         model_config = ConfigDict(extra="forbid")
         top_k: int | None = Field(None, ge=1, description="only the k best labels")
-        function_to_apply: Literal["softmax", "sigmoid", "none"] | None = Field(
-            None, description='"softmax" (default): probabilities; "none": log-probabilities'
+        function_to_apply: Literal["softmax", "none"] | None = Field(
+            None,
+            description='"softmax" (default): probabilities; "none": log-probabilities '
+            '("sigmoid" is for multi-label models: 422)',
         )
 
     class HfRequest(BaseModel):
         model_config = ConfigDict(
             json_schema_extra={"example": {"inputs": "质量很好，物流也快", "parameters": {}}}
         )
-        inputs: str | list[str] = Field(description="a text, or a list of texts")
+        inputs: Text | Batch = Field(description="a text, or a list of texts")  # type: ignore[valid-type]
         parameters: HfParameters | None = None
 
     class LabelScore(BaseModel):
@@ -80,13 +96,6 @@ def _add_hf_route(app: "FastAPI", state: AppState, err: ErrDoc) -> None:
     )
     async def hf_classify(req: HfRequest) -> list[list[dict]]:
         params = req.parameters or HfParameters()
-        if params.function_to_apply == "sigmoid":
-            raise ApiError(
-                422,
-                "unsupported_option",
-                'parameters.function_to_apply: "sigmoid" is for multi-label models; this model '
-                'is single-label (use "softmax" or "none")',
-            )
         given = [req.inputs] if isinstance(req.inputs, str) else req.inputs
         texts, _ = checked_texts(given, False, state.settings, field="inputs")
         clf, probs = await run_batch(state, texts)
@@ -96,11 +105,16 @@ def _add_hf_route(app: "FastAPI", state: AppState, err: ErrDoc) -> None:
 def _add_tei_route(app: "FastAPI", state: AppState, err: ErrDoc) -> None:
     from pydantic import BaseModel, ConfigDict, Field
 
+    Text = _text_types(None)  # truncate=true makes longer texts valid
+    One = Annotated[list[Text], Field(min_length=1, json_schema_extra={"maxItems": 1})]  # type: ignore[valid-type]
+    many = {"maxItems": state.settings.max_texts}
+    Batch = Annotated[list[Text | One], Field(min_length=1, json_schema_extra=many)]  # type: ignore[valid-type]
+
     class TeiRequest(BaseModel):
         model_config = ConfigDict(
             json_schema_extra={"example": {"inputs": "质量很好，物流也快", "raw_scores": False}}
         )
-        inputs: str | list[str | list[str]] = Field(
+        inputs: Text | Batch = Field(  # type: ignore[valid-type]
             description='a text; a batch ["a", "b"] or [["a"], ["b"]] (sentence pairs: 422)'
         )
         truncate: bool | None = Field(False, description="cut texts over --max-chars")

@@ -55,6 +55,8 @@ class ServeSettings:
     int8: bool = False
     calibrated: bool = False
     allow_pickle: bool = False  # trusted .bin weights (torch.load weights_only=True)
+    skip_verify: bool = False  # do not check the sha256 digests in zhtune.json
+    read_timeout: float = 30.0  # seconds to wait for the next piece of a request body -> 408
 
     def check(self) -> None:
         """Raise :class:`ZhtuneError` for a limit out of range."""
@@ -63,6 +65,8 @@ class ServeSettings:
                 raise ZhtuneError(f"--{name.replace('_', '-')} must be >= 1")
         if self.max_wait_ms < 0:
             raise ZhtuneError("--max-wait-ms must be >= 0")
+        if not self.read_timeout > 0:
+            raise ZhtuneError(f"--read-timeout must be > 0 seconds, got {self.read_timeout}")
         if not 0 <= self.port <= 65535:
             raise ZhtuneError(f"--port must be 0..65535, got {self.port}")
 
@@ -113,7 +117,12 @@ class AppState:
             kw: dict[str, Any] = {"int8": True} if settings.int8 else {}
             if settings.allow_pickle:
                 kw["allow_pickle"] = True
-            clf = Classifier.load(settings.model, calibrated=settings.calibrated, **kw)
+            clf = Classifier.load(
+                settings.model,
+                calibrated=settings.calibrated,
+                skip_verify=settings.skip_verify,
+                **kw,
+            )
             clf.predict_proba(["预热"], batch_size=1)  # warm up before reporting healthy
             self.activate(clf)
             log.info(
@@ -467,6 +476,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--allow-pickle",
         action="store_true",
         help="allow a model whose weights are only .bin (pickle) files, if you trust them",
+    )
+    p.add_argument(
+        "--skip-verify",
+        action="store_true",
+        help="do not check the weight files against the sha256 digests in zhtune.json "
+        "(very large models; a warning is logged)",
+    )
+    p.add_argument(
+        "--read-timeout",
+        type=float,
+        default=d.read_timeout,
+        help="drop a request whose body stalls this long between pieces with 408 (s)",
     )
     p.add_argument(
         "--threads",
