@@ -5,6 +5,9 @@
 from __future__ import annotations
 
 import math
+import os
+import re
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,7 +28,7 @@ def server(tmp_path_factory) -> Iterator[Server]:
     model = tiny_encoder(root / "model", labels=["negative", "neutral", "positive"])
     srv = Server(model, root / "serve.log", "--api-key", KEY, "--max-chars", "50")
     try:
-        srv.wait_ready()
+        srv.wait_ready(timeout=300)  # a shared, busy machine: loading can take minutes
         yield srv
     finally:
         srv.stop()
@@ -128,3 +131,51 @@ def test_tei_truncate_and_errors(server: Server) -> None:
     assert (r.status_code, r.json()["error"]["code"]) == (413, "too_many_texts")
     assert httpx.post(url, json={"inputs": "好"}, timeout=30).status_code == 401
     assert "Traceback" not in Path(server.log).read_text()
+
+
+# --- /docs renders offline (headless Chromium, every host but loopback unresolvable) --------
+CHROMEDRIVER = "/usr/bin/chromedriver"
+
+
+@pytest.mark.slow  # a browser starts
+@pytest.mark.skipif(
+    not (Path(CHROMEDRIVER).exists() and shutil.which("chromium")),
+    reason="needs Debian chromium + chromium-driver (make browser)",
+)
+def test_docs_render_offline_in_chromium(server: Server, tmp_path: Path) -> None:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    html = httpx.get(server.url + "/docs", headers=AUTH, timeout=30).text
+    assets = re.findall(r'(?:src|href)="([^"]+)"', html)
+    assert assets and all(a.startswith("/docs/static/") for a in assets), assets
+    opts = webdriver.ChromeOptions()
+    for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--no-first-run",
+                "--window-size=1100,1400", "--proxy-server=http://127.0.0.1:9",
+                "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"):  # fmt: skip
+        opts.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    try:
+        driver.set_page_load_timeout(60)
+        driver.execute_cdp_cmd("Network.enable", {})
+        driver.execute_cdp_cmd("Network.setExtraHTTPHeaders", {"headers": {"X-API-Key": KEY}})
+        driver.get("https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui.css")
+        assert "swagger" not in driver.page_source.lower()  # the network really is blocked
+        driver.get(server.url + "/docs")
+        WebDriverWait(driver, 60).until(
+            lambda d: len(d.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")) >= 5
+        )
+        paths = {
+            e.text.strip() for e in driver.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")
+        }
+        assert {"/v1/classify", "/", "/predict", "/health", "/metrics"} <= paths, paths
+        assert "zhtune classifier" in driver.find_element(By.CSS_SELECTOR, ".title").text
+        shot = tmp_path / "docs_offline.png"
+        assert driver.save_screenshot(str(shot)) and shot.stat().st_size > 5000
+        if os.environ.get("ZHTUNE_SCREENSHOT_DIR"):
+            shutil.copy(shot, Path(os.environ["ZHTUNE_SCREENSHOT_DIR"]) / shot.name)
+    finally:
+        driver.quit()

@@ -37,6 +37,7 @@ log = logging.getLogger("zhtune")
 ErrDoc = Callable[[str], dict[str, Any]]  # err(description) -> an OpenAPI response entry
 
 NON_SPACE = re.compile(r"\S")
+DOCS_STATIC = "/docs/static"  # Swagger UI and ReDoc assets (the fastapi-offline package)
 
 
 @dataclass
@@ -142,7 +143,7 @@ class AppState:
 def create_app(settings: ServeSettings, classifier: Any = None) -> Guard:
     """The FastAPI app wrapped in :class:`Guard`. The model loads in a background thread at
     startup (``/health`` answers 503 until then) unless a loaded ``classifier`` is given."""
-    from fastapi import FastAPI
+    from fastapi_offline import FastAPIOffline
 
     settings.check()
     state = AppState(settings, Metrics())
@@ -150,7 +151,8 @@ def create_app(settings: ServeSettings, classifier: Any = None) -> Guard:
     common_errors: dict[int | str, dict[str, Any]] = {}
     if settings.api_key:
         common_errors[401] = err("missing or wrong API key")
-    app = FastAPI(
+    app = FastAPIOffline(  # /docs with Swagger UI from the package, not a CDN
+        static_url=DOCS_STATIC,
         title="zhtune classifier",
         version="1",
         description="Chinese text classification. Limits and status codes: docs/serving.md.",
