@@ -142,6 +142,7 @@ MODULE_COMMANDS: dict[str, tuple[str, str]] = {
         "export a model to ONNX (optionally int8) and check parity",
     ),
     "serve": ("zhtune.serving.server", "HTTP API and web page for a model (FastAPI + uvicorn)"),
+    "push": ("zhtune.serving.push", "upload a run directory (model card included) to a hub"),
     "runs": ("zhtune.training.runs_cli", "list the runs in a directory"),
     "tune": ("zhtune.tune", "hyperparameter search with Optuna"),
 }
