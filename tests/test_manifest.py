@@ -118,3 +118,29 @@ def test_verification_cost_is_small(tmp_path: Path) -> None:
     dt = time.perf_counter() - t
     print(f"verify: 64 MiB in {dt:.3f}s", file=sys.__stderr__)
     assert dt < 5
+
+
+def test_concurrent_writers_never_clobber(tmp_path: Path) -> None:
+    """8 processes' worth of writers (threads here) rewrite the same run-directory file: every
+    read sees one whole version, no writer fails, no temp file is left behind."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from zhtune.runs import write_jsonl
+
+    target, rows_target = tmp_path / "metrics.json", tmp_path / "predictions.jsonl"
+    payloads = [{"writer": w, "pad": "数据" * (2000 + 500 * w)} for w in range(8)]
+    seen: list[int] = []
+
+    def write(w: int) -> None:
+        for _ in range(25):
+            write_json(target, payloads[w])
+            write_jsonl(rows_target, [payloads[w]] * 3)
+            seen.append(json.loads(target.read_text(encoding="utf-8"))["writer"])
+            rows = [json.loads(x) for x in rows_target.read_text(encoding="utf-8").splitlines()]
+            assert len(rows) == 3 and len({r["writer"] for r in rows}) == 1
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(write, range(8)))  # re-raises any writer's error
+    assert json.loads(target.read_text(encoding="utf-8")) in payloads
+    assert len(seen) == 200 and set(seen) <= set(range(8))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json", "predictions.jsonl"]
