@@ -95,7 +95,7 @@ def _add_hf_route(app: "FastAPI", state: AppState, err: ErrDoc) -> None:
         ".text_classification(text)` sends; one list of labels per input, best first.",
     )
     async def hf_classify(req: HfRequest) -> list[list[dict]]:
-        params = req.parameters or HfParameters()
+        params = req.parameters or HfParameters(top_k=None, function_to_apply=None)
         given = [req.inputs] if isinstance(req.inputs, str) else req.inputs
         texts, _ = checked_texts(given, False, state.settings, field="inputs")
         clf, probs = await run_batch(state, texts)
@@ -134,7 +134,7 @@ def _add_tei_route(app: "FastAPI", state: AppState, err: ErrDoc) -> None:
     )
     async def tei_predict(req: TeiRequest) -> list[dict] | list[list[dict]]:
         single = isinstance(req.inputs, str)
-        given = []
+        given: list[str] = []
         for i, item in enumerate([req.inputs] if single else req.inputs):
             if isinstance(item, list):
                 if len(item) != 1:
@@ -144,7 +144,7 @@ def _add_tei_route(app: "FastAPI", state: AppState, err: ErrDoc) -> None:
                         f"inputs[{i}]: sentence pairs are not supported (one text per item)",
                     )
                 item = item[0]
-            given.append(item)
+            given.append(str(item))
         limit = state.settings.max_chars
         if req.truncate and req.truncation_direction.lower() == "left":
             given = [t[-limit:] for t in given]
