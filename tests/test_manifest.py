@@ -88,6 +88,7 @@ def _one_line_exit_2(proc: subprocess.CompletedProcess, name: str) -> None:
     assert last.startswith(f"zhtune {name}: error:"), last
 
 
+@pytest.mark.slow  # four zhtune processes
 def test_predict_evaluate_serve_refuse_a_flipped_byte(baseline_run: Path, tmp_path: Path) -> None:
     flip_tensor_byte(baseline_run / "baseline.safetensors")
     _one_line_exit_2(run_zhtune("predict", "--model", str(baseline_run), "--text", "好"), "predict")
