@@ -101,8 +101,10 @@ def test_load_refuses_bad_directories(tmp_path, baseline_run):
     with pytest.raises(ModelLoadError, match="not a zhtune run"):
         Classifier.load(tmp_path)
     (baseline_run / "baseline.safetensors").write_bytes(b"not a safetensors file")
-    with pytest.raises(ModelLoadError, match="cannot load"):
+    with pytest.raises(ModelLoadError, match="sha256"):  # the weight digests in zhtune.json
         Classifier.load(baseline_run)
+    with pytest.raises(ModelLoadError, match="cannot load"):
+        Classifier.load(baseline_run, skip_verify=True)
 
 
 def test_baseline_bad_input_exit_code(tmp_path, capsys):

@@ -2,8 +2,9 @@
 
 ``python -m zhtune serve`` in a subprocess on a free 127.0.0.1 port, driven with raw sockets:
 a table of malformed requests (each gets its documented 4xx, never a 5xx), slow clients
-(headers a byte at a time, a body that stalls half-way), abrupt disconnects (close or reset
-mid-request, or before the answer), and a full queue (fast 429s). After each group the
+(headers a byte at a time, a body that stalls half-way: 408 after ``--read-timeout``), abrupt disconnects (close or reset
+mid-request, or before the answer), a full queue (fast 429s) and a burst of 200 requests from
+32 clients. After each group the
 server still answers everyone else, and its log has no traceback. All loops are bounded.
 """
 
@@ -78,13 +79,23 @@ class Server:
 
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory) -> Iterator[dict[str, Server]]:
-    """A default server and one with a tiny queue (for 429s); they start together."""
+    """A default server and one with a tiny queue (for 429s) and a 2 s body read timeout
+    (408s); they start together."""
     root = tmp_path_factory.mktemp("server")
     model = tiny_bert_classifier(root / "model")
     s = {
         "main": Server(model, root / "main.log", "--max-chars", "500"),
         "small": Server(
-            model, root / "small.log", "--max-queue", "2", "--max-batch", "4", "--max-wait-ms", "20"
+            model,
+            root / "small.log",
+            "--max-queue",
+            "2",
+            "--max-batch",
+            "4",
+            "--max-wait-ms",
+            "20",
+            "--read-timeout",
+            "2",
         ),  # fmt: skip
     }
     try:
@@ -353,3 +364,64 @@ def test_full_queue_answers_429_fast_and_recovers(servers) -> None:
     assert med(fast) <= med(slow) and fast[-1] < 10, (fast, slow)
     r = httpx.post(srv.url + "/v1/classify", json=body, timeout=60)
     assert r.status_code == 200 and r.headers.get("retry-after") is None
+
+
+# --- a body that stalls: 408 after --read-timeout ---------------------------------------------
+def test_stalled_body_gets_408_and_frees_the_worker(servers) -> None:
+    srv = servers["small"]  # --read-timeout 2
+    t0 = time.perf_counter()
+    stalled = _stalled_bodies(srv.port, 8)
+    try:
+        assert healthy_and_serving(srv) < 2.0  # served while the 8 bodies stall
+        answers = []
+        for s in stalled:
+            s.settimeout(15)
+            raw = b""
+            with contextlib.suppress(OSError):
+                while chunk := s.recv(65536):  # until the server closes the connection
+                    raw += chunk
+            answers.append((raw, time.perf_counter() - t0))
+    finally:
+        for s in stalled:
+            s.close()
+    for raw, _ in answers:
+        assert raw.startswith(b"HTTP/1.1 408"), raw[:200]
+        body = json.loads(raw.partition(b"\r\n\r\n")[2])
+        assert body["error"]["code"] == "request_timeout"
+    waited = [dt for _, dt in answers]
+    print(f"stalled bodies: 8/8 got 408 and were closed after {min(waited):.2f}-"
+          f"{max(waited):.2f}s (--read-timeout 2)", file=sys.__stderr__)  # fmt: skip
+    assert min(waited) > 1.5 and max(waited) < 12, waited
+    assert healthy_and_serving(srv) < 2.0
+    metrics = httpx.get(srv.url + "/metrics", timeout=10).text
+    assert re.search(r'zhtune_http_errors_total\{code="408"\} ([0-9.]+)', metrics), metrics[-2000:]
+    assert "Traceback" not in srv.log()
+
+
+# --- a burst: 200 requests from 32 clients ----------------------------------------------------
+def test_burst_of_200_requests_from_32_clients(servers) -> None:
+    """No 5xx, every request answered, each with its own texts' predictions.
+    (Run without --log-predictions: that flag is not on this branch.)"""
+    srv = servers["main"]
+    texts = [
+        f"第{i}条评论：质量很好，物流也快" if i % 2 else f"第{i}条：太差了" for i in range(200)
+    ]
+
+    def one(i: int) -> tuple[int, dict]:
+        r = httpx.post(srv.url + "/v1/classify", json={"texts": [texts[i]]}, timeout=120)
+        return r.status_code, r.json()
+
+    t = time.perf_counter()
+    with ThreadPoolExecutor(32) as pool:
+        results = list(pool.map(one, range(200)))
+    dt = time.perf_counter() - t
+    codes = [c for c, _ in results]
+    print(f"burst: 200 requests / 32 clients in {dt:.2f}s; statuses "
+          f"{ {c: codes.count(c) for c in set(codes)} }", file=sys.__stderr__)  # fmt: skip
+    assert all(c < 500 for c in codes), codes
+    assert codes.count(200) == 200, codes  # the default queue (256) holds the whole burst
+    alone = httpx.post(srv.url + "/v1/classify", json={"texts": texts[:8]}, timeout=60).json()
+    for i in range(8):
+        got = results[i][1]["results"][0]["probs"]
+        assert got == pytest.approx(alone["results"][i]["probs"], abs=1e-5)
+    assert "Traceback" not in srv.log()

@@ -19,7 +19,7 @@ import numpy as np
 
 from zhtune.errors import ModelLoadError, ZhtuneError
 from zhtune.probs import apply_temperature, log_probs, temperature_softmax
-from zhtune.runs import read_manifest
+from zhtune.runs import read_manifest, verify_weights
 
 
 class Backend(Protocol):
@@ -94,14 +94,17 @@ class Classifier:
         return list(self.backend.labels)
 
     @classmethod
-    def load(cls, path: str | Path, *, calibrated: bool = False, **kw: Any) -> Classifier:
+    def load(
+        cls, path: str | Path, *, calibrated: bool = False, skip_verify: bool = False, **kw: Any
+    ) -> Classifier:
         """Load a run directory, a model directory or a Hugging Face hub id.
 
         ``calibrated=True`` applies the temperature fitted by ``zhtune evaluate``
-        (``calibration.json``). Extra keyword arguments go to the kind's loader
-        (e.g. ``allow_pickle``). ``device``: ``auto`` (default: the first GPU if there is
-        one), ``cpu``, ``cuda`` or ``cuda:N`` (:mod:`zhtune.device`); the TF-IDF baseline
-        and ONNX models run on CPU."""
+        (``calibration.json``). The weight files are checked against the sha256 digests in
+        ``zhtune.json`` (when it has them) unless ``skip_verify``. Extra keyword arguments go
+        to the kind's loader (e.g. ``allow_pickle``). ``device``: ``auto`` (default: the first
+        GPU if there is one), ``cpu``, ``cuda`` or ``cuda:N`` (:mod:`zhtune.device`); the
+        TF-IDF baseline and ONNX models run on CPU."""
         device = kw.get("device")
         if device is not None and str(device).lower() not in ("auto", "cpu"):
             from zhtune.device import resolve_device
@@ -116,8 +119,11 @@ class Classifier:
                 )
             if not p.is_dir() and (p.exists() or str(path).startswith((".", "/"))):
                 raise ModelLoadError(f"{path}: no such model directory")
-            _check_hub_id(str(path))
+            if not p.is_dir():  # a local Hugging Face directory needs no hub
+                _check_hub_id(str(path))
             manifest = {"kind": "encoder"}
+        if p.is_dir():
+            verify_weights(p, manifest, skip=skip_verify)
         kind = manifest["kind"]
         backend = load_backend(kind, p if p.exists() else str(path), manifest, **kw)
         temperature = 1.0

@@ -165,6 +165,7 @@ MODULE_COMMANDS: dict[str, tuple[str, str]] = {
         "zhtune.finetune.distill",
         "distill any model (an ensemble too) into an encoder student",
     ),
+    "push": ("zhtune.serving.push", "upload a run directory (model card included) to a hub"),
     "runs": ("zhtune.training.runs_cli", "list the runs in a directory"),
     "tune": ("zhtune.tune", "hyperparameter search with Optuna"),
 }

@@ -399,6 +399,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--no-robustness", action="store_true", help="skip the robustness perturbations")
     p.add_argument(
+        "--skip-verify",
+        action="store_true",
+        help="do not check the weight files against the sha256 digests in zhtune.json "
+        "(very large models; a warning is logged)",
+    )
+    p.add_argument(
         "--allow-pickle",
         action="store_true",
         help="allow a model whose weights are only .bin (pickle) files, if you trust them",
@@ -437,7 +443,7 @@ def run_cli(ns: argparse.Namespace) -> int:
     from zhtune.classifier import Classifier
 
     kw = {"allow_pickle": True} if ns.allow_pickle else {}
-    model = Classifier.load(ns.model, device=ns.device, **kw)
+    model = Classifier.load(ns.model, device=ns.device, skip_verify=ns.skip_verify, **kw)
     row = evaluate_model(model, cfg, ns.out, save_temperature_to_model=ns.save_temperature)
     print(format_table([row], SUMMARY_COLUMNS))
     a = row["abstain_threshold"]

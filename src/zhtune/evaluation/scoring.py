@@ -11,7 +11,7 @@ import numpy as np
 from zhtune.data import Split, Splits
 from zhtune.errors import ZhtuneError
 from zhtune.evaluation.metrics import classification_metrics
-from zhtune.runs import prediction_rows, write_json, write_jsonl
+from zhtune.runs import finish_model_dir, prediction_rows, write_json, write_jsonl
 
 if TYPE_CHECKING:
     from zhtune.classifier import Classifier
@@ -57,7 +57,8 @@ def write_test_outputs(
     split: str = "test",
     batch_size: int = 64,
 ) -> dict:
-    """``metrics.json``, ``predictions.jsonl``, confusion matrix and per-class PNGs."""
+    """``metrics.json``, ``predictions.jsonl``, confusion matrix and per-class PNGs; then the
+    weight digests in ``zhtune.json`` and the model card (:func:`zhtune.runs.finish_model_dir`)."""
     from zhtune import plots
 
     out = Path(out)
@@ -71,4 +72,5 @@ def write_test_outputs(
     )
     plots.confusion_matrix_png(metrics["confusion_matrix"], labels, out / "confusion_matrix.png")
     plots.per_class_png(metrics["per_class"], out / "per_class.png")
+    finish_model_dir(out, metrics)
     return metrics

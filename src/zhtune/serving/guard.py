@@ -1,8 +1,9 @@
-"""The ASGI guard in front of the FastAPI app: API key, body-size limit, slow-client
-timeouts, latency metrics per path, and the JSON error bodies every limit answers with."""
+"""The ASGI guard in front of the FastAPI app: API key, body-size limit, the body read
+timeout (408), latency metrics per path, and the JSON error bodies every limit answers with."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import secrets
 import time
@@ -17,7 +18,9 @@ if TYPE_CHECKING:
 
     from zhtune.serving.server import AppState, ServeSettings
 
-KNOWN_PATHS = {"/", "/health", "/metrics", "/v1/classify", "/docs", "/openapi.json"}
+KNOWN_PATHS = {
+    "/", "/health", "/metrics", "/v1/classify", "/predict", "/docs", "/openapi.json"
+}  # fmt: skip
 PUBLIC_PATHS = {"/health"}
 
 
@@ -62,13 +65,9 @@ class Guard:
             if denied is not None:
                 await denied(scope, receive, send_wrapper)
                 return
-            body, too_big = await self._read_body(scope, receive)
-            if too_big:
-                await _json_response(
-                    413,
-                    "body_too_large",
-                    f"the request body is over {self.settings.max_body_bytes} bytes",
-                )(scope, receive, send_wrapper)
+            body, problem = await self._read_body(scope, receive)
+            if problem is not None:
+                await problem(scope, receive, send_wrapper)
                 return
             await self.app(scope, _replay(body, receive), send_wrapper)
         finally:
@@ -105,29 +104,43 @@ class Guard:
             headers={"www-authenticate": challenge},
         )
 
-    async def _read_body(self, scope: Scope, receive: Receive) -> tuple[bytes, bool]:
-        """The whole body and False, or ``(b"", True)`` once it is over ``max_body_bytes``."""
+    async def _read_body(self, scope: Scope, receive: Receive) -> tuple[bytes, JSONResponse | None]:
+        """The whole body and None, or ``b""`` and the response to send instead: 413 once the
+        body is over ``max_body_bytes``, 408 when the client sends nothing for
+        ``read_timeout`` seconds mid-body (the connection is then closed; the worker is free)."""
         limit = self.settings.max_body_bytes
+        too_big = _json_response(
+            413, "body_too_large", f"the request body is over {limit} bytes"
+        )  # fmt: skip
         for k, v in scope["headers"]:
             if k.lower() == b"content-length":
                 try:
                     if int(v) > limit:
-                        return b"", True
+                        return b"", too_big
                 except ValueError:
                     pass
         chunks, size = [], 0
         while True:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.settings.read_timeout)
+            except TimeoutError:
+                return b"", _json_response(
+                    408,
+                    "request_timeout",
+                    f"the request body stalled for {self.settings.read_timeout:g} s "
+                    "(--read-timeout); send it again",
+                    headers={"connection": "close"},
+                )
             if message["type"] == "http.disconnect":
                 break
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
-                return b"", True
+                return b"", too_big
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
-        return b"".join(chunks), False
+        return b"".join(chunks), None
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

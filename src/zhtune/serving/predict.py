@@ -73,6 +73,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="apply the temperature fitted by `zhtune evaluate`",
     )
     p.add_argument(
+        "--skip-verify",
+        action="store_true",
+        help="do not check the weight files against the sha256 digests in zhtune.json "
+        "(very large models; a warning is logged)",
+    )
+    p.add_argument(
         "--allow-pickle",
         action="store_true",
         help="allow a model whose weights are only .bin (pickle) files, if you trust them",
@@ -116,7 +122,7 @@ def run_cli(ns: argparse.Namespace) -> int:
     kw["device"] = ns.device
     if ns.allow_pickle:
         kw["allow_pickle"] = True
-    clf = Classifier.load(ns.model, calibrated=ns.calibrated, **kw)
+    clf = Classifier.load(ns.model, calibrated=ns.calibrated, skip_verify=ns.skip_verify, **kw)
     if ns.int8 and clf.kind not in ("encoder", "onnx"):
         print(f"note: --int8 has no effect on a {clf.kind} model", file=sys.stderr)
     if ns.text:

@@ -1,7 +1,8 @@
 """``zhtune serve``: an HTTP API and a web page for one model (FastAPI + uvicorn).
 
 Endpoints (see docs/serving.md): ``POST /v1/classify``, ``GET /health``, ``GET /metrics``
-(Prometheus), ``GET /`` (web page), ``GET /docs`` + ``/openapi.json``.
+(Prometheus), ``GET /`` (web page), ``GET /docs`` + ``/openapi.json``; ``POST /`` (Hugging
+Face Inference API) and ``POST /predict`` (TEI) in ``compat.py``.
 
 Every limit answers with its own status code and a JSON body
 ``{"error": {"status", "code", "message"}}``; bad input never gets a 5xx. The model is the
@@ -36,6 +37,7 @@ log = logging.getLogger("zhtune")
 ErrDoc = Callable[[str], dict[str, Any]]  # err(description) -> an OpenAPI response entry
 
 NON_SPACE = re.compile(r"\S")
+DOCS_STATIC = "/docs/static"  # Swagger UI and ReDoc assets (the fastapi-offline package)
 
 
 @dataclass
@@ -55,6 +57,8 @@ class ServeSettings:
     calibrated: bool = False
     allow_pickle: bool = False  # trusted .bin weights (torch.load weights_only=True)
     device: str = "auto"  # auto|cpu|cuda|cuda:N (zhtune.device)
+    skip_verify: bool = False  # do not check the sha256 digests in zhtune.json
+    read_timeout: float = 30.0  # seconds to wait for the next piece of a request body -> 408
 
     def check(self) -> None:
         """Raise :class:`ZhtuneError` for a limit out of range."""
@@ -63,6 +67,8 @@ class ServeSettings:
                 raise ZhtuneError(f"--{name.replace('_', '-')} must be >= 1")
         if self.max_wait_ms < 0:
             raise ZhtuneError("--max-wait-ms must be >= 0")
+        if not self.read_timeout > 0:
+            raise ZhtuneError(f"--read-timeout must be > 0 seconds, got {self.read_timeout}")
         if not 0 <= self.port <= 65535:
             raise ZhtuneError(f"--port must be 0..65535, got {self.port}")
 
@@ -114,7 +120,12 @@ class AppState:
             kw["device"] = settings.device
             if settings.allow_pickle:
                 kw["allow_pickle"] = True
-            clf = Classifier.load(settings.model, calibrated=settings.calibrated, **kw)
+            clf = Classifier.load(
+                settings.model,
+                calibrated=settings.calibrated,
+                skip_verify=settings.skip_verify,
+                **kw,
+            )
             clf.predict_proba(["预热"], batch_size=1)  # warm up before reporting healthy
             self.activate(clf)
             log.info(
@@ -134,7 +145,7 @@ class AppState:
 def create_app(settings: ServeSettings, classifier: Any = None) -> Guard:
     """The FastAPI app wrapped in :class:`Guard`. The model loads in a background thread at
     startup (``/health`` answers 503 until then) unless a loaded ``classifier`` is given."""
-    from fastapi import FastAPI
+    from fastapi_offline import FastAPIOffline
 
     settings.check()
     state = AppState(settings, Metrics())
@@ -142,7 +153,8 @@ def create_app(settings: ServeSettings, classifier: Any = None) -> Guard:
     common_errors: dict[int | str, dict[str, Any]] = {}
     if settings.api_key:
         common_errors[401] = err("missing or wrong API key")
-    app = FastAPI(
+    app = FastAPIOffline(  # /docs with Swagger UI from the package, not a CDN
+        static_url=DOCS_STATIC,
         title="zhtune classifier",
         version="1",
         description="Chinese text classification. Limits and status codes: docs/serving.md.",
@@ -151,6 +163,9 @@ def create_app(settings: ServeSettings, classifier: Any = None) -> Guard:
     )
     _add_error_handlers(app)
     _add_classify_route(app, state, err)
+    from zhtune.serving.compat import add_compat_routes  # imports this module
+
+    add_compat_routes(app, state, err)
     _add_health_metrics_routes(app, state)
     _add_page_route(app)
     if settings.api_key:
@@ -293,19 +308,8 @@ def _add_classify_route(app: "FastAPI", state: AppState, err: ErrDoc) -> None:
         summary="Classify texts",
     )
     async def classify(req: ClassifyRequest) -> ClassifyResponse:
-        texts, cut = _checked_texts(req.texts, req.truncate, settings)
-        clf, batcher = state.clf, state.batcher
-        if batcher is None:
-            raise ApiError(
-                503, "loading", "the model is still loading; retry in a moment", retry_after=2
-            )
-        try:
-            future = batcher.submit(texts)
-        except QueueFull as e:
-            raise ApiError(
-                429, "queue_full", f"server busy ({e}); retry later", retry_after=1
-            ) from None
-        probs = await asyncio.wrap_future(future)
+        texts, cut = checked_texts(req.texts, req.truncate, settings)
+        clf, probs = await run_batch(state, texts)
         results = [
             Prediction.model_validate({**p, "truncated": c})
             for p, c in zip(clf.format(probs), cut, strict=True)
@@ -313,8 +317,25 @@ def _add_classify_route(app: "FastAPI", state: AppState, err: ErrDoc) -> None:
         return ClassifyResponse(model=state.model_name(), labels=clf.labels, results=results)
 
 
-def _checked_texts(
-    given: list[str], truncate: bool, settings: ServeSettings
+async def run_batch(state: AppState, texts: list[str]) -> tuple[Any, Any]:
+    """``(classifier, probabilities)`` for checked ``texts`` through the micro-batcher;
+    :class:`ApiError` 503 while the model loads, 429 when the queue is full."""
+    clf, batcher = state.clf, state.batcher
+    if batcher is None:
+        raise ApiError(
+            503, "loading", "the model is still loading; retry in a moment", retry_after=2
+        )
+    try:
+        future = batcher.submit(texts)
+    except QueueFull as e:
+        raise ApiError(
+            429, "queue_full", f"server busy ({e}); retry later", retry_after=1
+        ) from None
+    return clf, await asyncio.wrap_future(future)
+
+
+def checked_texts(
+    given: list[str], truncate: bool, settings: ServeSettings, field: str = "texts"
 ) -> tuple[list[str], list[bool]]:
     """The texts to classify (cut to ``max_chars`` when ``truncate``) and which were cut;
     :class:`ApiError` (413 or 422) for too many, blank, invalid or too long texts."""
@@ -327,19 +348,19 @@ def _checked_texts(
     texts, cut = [], []
     for i, t in enumerate(given):
         if not NON_SPACE.search(t):
-            raise ApiError(422, "empty_text", f"texts[{i}] is empty or only whitespace")
+            raise ApiError(422, "empty_text", f"{field}[{i}] is empty or only whitespace")
         try:
             t.encode("utf-8")
         except UnicodeEncodeError:
             raise ApiError(
-                422, "invalid_text", f"texts[{i}] is not valid Unicode (lone surrogate)"
+                422, "invalid_text", f"{field}[{i}] is not valid Unicode (lone surrogate)"
             ) from None
         if len(t) > settings.max_chars:
             if not truncate:
                 raise ApiError(
                     422,
                     "text_too_long",
-                    f"texts[{i}] has {len(t)} characters; the limit is "
+                    f"{field}[{i}] has {len(t)} characters; the limit is "
                     f'{settings.max_chars} (or send "truncate": true)',
                 )
             t = t[: settings.max_chars]
@@ -459,6 +480,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--allow-pickle",
         action="store_true",
         help="allow a model whose weights are only .bin (pickle) files, if you trust them",
+    )
+    p.add_argument(
+        "--skip-verify",
+        action="store_true",
+        help="do not check the weight files against the sha256 digests in zhtune.json "
+        "(very large models; a warning is logged)",
+    )
+    p.add_argument(
+        "--read-timeout",
+        type=float,
+        default=d.read_timeout,
+        help="drop a request whose body stalls this long between pieces with 408 (s)",
     )
     p.add_argument(
         "--threads",
