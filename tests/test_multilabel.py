@@ -148,3 +148,36 @@ def test_baseline_one_vs_rest_end_to_end(multi_baseline, tmp_path):
     single = load_splits(DataConfig(train=str(train), seed=1))  # "水果|天气" read as one name
     with pytest.raises(ZhtuneError, match="multi-label model but the data is single-label"):
         score(clf, single.test, list(clf.labels))
+
+
+def test_label_scoring_refuses_multi_label_data():
+    from zhtune.data.multilabel import require_single_label
+
+    s = load_splits(DataConfig(dataset="multi-synthetic", multi_label=True, max_train_samples=50))
+    with pytest.raises(DataError, match="zero-shot.*no multi-label mode.*zhtune finetune"):
+        require_single_label(s, "zero-shot (label scoring)")
+
+
+@pytest.mark.slow
+def test_encoder_multi_label_end_to_end(tmp_path):
+    from zhtune.finetune import FinetuneConfig
+    from zhtune.finetune.encoder import run_finetune
+
+    train = write_csv(tmp_path / "train.csv", toy_rows(168))
+    cfg = FinetuneConfig(
+        train=str(train), multi_label=True, model="none", hidden_size=32, num_hidden_layers=1,
+        num_attention_heads=2, intermediate_size=64, max_length=24, batch_size=8,
+        learning_rate=3e-3, num_train_epochs=6, eval_every=1.0, warmup_ratio=0.0,
+        class_weights="balanced", progress=False, report_to="none",
+    )  # fmt: skip
+    out = tmp_path / "enc"
+    m = run_finetune(cfg, out)
+    assert m["multi_label"] and m["micro_f1"] > 0.8, m["micro_f1"]
+    assert {"macro_f1", "samples_f1", "hamming_loss", "subset_accuracy"} <= set(m)
+    conf = json.loads((out / "config.json").read_text(encoding="utf-8"))
+    assert conf["problem_type"] == "multi_label_classification"
+    manifest = json.loads((out / "zhtune.json").read_text(encoding="utf-8"))
+    assert manifest["multi_label"] and set(manifest["thresholds"]) == set(WORDS)
+    r = Classifier.load(out).predict(["听说苹果香蕉，下雨刮风大家"])[0]
+    assert isinstance(r["labels"], list) and set(r["probs"]) == set(WORDS)
+    assert "水果" in r["labels"]

@@ -48,3 +48,12 @@ def stratified_indices(
     splitter = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=n_off, random_state=seed)
     keep, off = next(splitter.split(np.zeros((n, 1)), y))
     return np.sort(keep), np.sort(off)
+
+
+def require_single_label(splits: object, what: str) -> None:
+    """A clear error for commands that have no multi-label mode (label scoring, zero-shot)."""
+    if getattr(splits, "multi_label", False):
+        raise DataError(
+            f"{what} picks one label per text and has no multi-label mode; for multi-label data "
+            "use zhtune baseline or zhtune finetune"
+        )

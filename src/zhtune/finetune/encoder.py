@@ -90,7 +90,7 @@ class FinetuneConfig(TrainingConfig):
         ):
             check(getattr(self, name) >= 1, name, "must be >= 1")
         check(
-            0 <= self.stride < self.max_length - 2,
+            self.long_text != "chunks" or 0 <= self.stride < self.max_length - 2,
             "stride",
             f"must be >= 0 and < max_length - 2 ({self.max_length - 2}), got {self.stride}",
         )

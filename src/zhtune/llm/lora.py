@@ -28,6 +28,7 @@ from typing import Any
 
 from zhtune.config import add_config_args, arg, check, config_from_args, save_config
 from zhtune.data import DataConfig, load_splits
+from zhtune.data.multilabel import require_single_label
 from zhtune.llm.models import load_backend  # noqa: F401 - Classifier kinds lora-head, scoring
 from zhtune.llm.scoring import DEFAULT_TEMPLATE, SCORE_NORMS, WORD_AGGS, parse_label_words
 from zhtune.llm.scoring import parse_template as _parse_template
@@ -186,6 +187,7 @@ def run_lora(cfg: LlmConfig, out: str | Path) -> dict:
     if main:
         save_config(cfg, out)
     splits = load_splits(cfg)
+    require_single_label(splits, f"lora --mode {cfg.mode}")
     if main:
         write_json(out / "data.json", splits.report)
     for w in splits.report["warnings"]:
