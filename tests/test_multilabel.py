@@ -181,3 +181,29 @@ def test_encoder_multi_label_end_to_end(tmp_path):
     r = Classifier.load(out).predict(["听说苹果香蕉，下雨刮风大家"])[0]
     assert isinstance(r["labels"], list) and set(r["probs"]) == set(WORDS)
     assert "水果" in r["labels"]
+
+
+def test_evaluate_and_predict_cli_on_a_multi_label_model(multi_baseline, tmp_path, capsys):
+    out, train = multi_baseline
+    ev = tmp_path / "ev"
+    data = [
+        "--train",
+        str(train),
+        "--multi-label",
+        "true",
+        "--dev-ratio",
+        "0.2",
+        "--test-ratio",
+        "0.2",
+    ]
+    assert main(["evaluate", "--model", str(out), "--out", str(ev), *data]) == 0
+    m = json.loads((ev / "metrics.json").read_text(encoding="utf-8"))
+    assert m["micro_f1"] > 0.9 and 0 <= m["ece"] <= 1
+    assert all("ece" in v and "roc_auc" in v for v in m["per_class"].values())
+    robust = json.loads((ev / "robustness.json").read_text(encoding="utf-8"))
+    assert robust["clean_micro_f1"] == pytest.approx(m["micro_f1"], abs=0.2)
+    assert all("flip_rate" in r or "skipped" in r for r in robust["perturbations"].values())
+    # single-label data against a multi-label model: a clear one-line error (exit 2)
+    single = ["--train", str(train), "--dev-ratio", "0.2", "--test-ratio", "0.2"]
+    assert main(["evaluate", "--model", str(out), "--out", str(tmp_path / "ev2"), *single]) == 2
+    assert "multi-label model but the data is single-label" in capsys.readouterr().err

@@ -47,8 +47,8 @@ def score(
     clf: Classifier, split: Split, labels: list[str], batch_size: int = 64
 ) -> tuple[dict, np.ndarray]:
     """Metrics (plus texts/s) and probabilities of ``clf`` on ``split``."""
-    check_labels(clf.labels, labels)
     check_label_kind(clf, split)
+    check_labels(clf.labels, labels)
     t = time.perf_counter()
     probs = clf.predict_proba(split.texts, batch_size=batch_size)
     seconds = time.perf_counter() - t
