@@ -207,3 +207,27 @@ def test_evaluate_and_predict_cli_on_a_multi_label_model(multi_baseline, tmp_pat
     single = ["--train", str(train), "--dev-ratio", "0.2", "--test-ratio", "0.2"]
     assert main(["evaluate", "--model", str(out), "--out", str(tmp_path / "ev2"), *single]) == 2
     assert "multi-label model but the data is single-label" in capsys.readouterr().err
+
+
+def test_predict_cli_and_server_return_label_lists(multi_baseline, capsys):
+    from starlette.testclient import TestClient
+
+    from zhtune.serving.server import ServeSettings, create_app
+
+    out, _ = multi_baseline
+    capsys.readouterr()
+    assert main(["predict", "--model", str(out), "--text", "听说苹果香蕉，下雨刮风大家"]) == 0
+    printed = json.loads(capsys.readouterr().out)  # not a terminal: one JSON object a text
+    assert sorted(printed["labels"]) == ["天气", "水果"]
+    from zhtune.serving.predict import format_prediction
+
+    assert format_prediction("文本", printed).splitlines()[1] == "  → 天气, 水果"
+    clf = Classifier.load(out)
+    with TestClient(create_app(ServeSettings(model=str(out)), classifier=clf)) as client:
+        r = client.post(
+            "/v1/classify", json={"texts": ["听说苹果香蕉，下雨刮风大家", "早上堵车地铁"]}
+        )
+        assert r.status_code == 200, r.text
+        res = r.json()["results"]
+    assert sorted(res[0]["labels"]) == ["天气", "水果"] and res[1]["labels"] == ["交通"]
+    assert res[0]["label"] is None and set(res[0]["probs"]) == set(WORDS)
