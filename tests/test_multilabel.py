@@ -231,3 +231,29 @@ def test_predict_cli_and_server_return_label_lists(multi_baseline, capsys):
         res = r.json()["results"]
     assert sorted(res[0]["labels"]) == ["天气", "水果"] and res[1]["labels"] == ["交通"]
     assert res[0]["label"] is None and set(res[0]["probs"]) == set(WORDS)
+
+
+@pytest.mark.slow
+def test_lora_head_multi_label_end_to_end(tmp_path):
+    from test_llm import tiny_qwen2_dir
+
+    base = tiny_qwen2_dir(tmp_path / "base")
+    train = write_csv(tmp_path / "train.csv", toy_rows(84))
+    out = tmp_path / "lora"
+    fast = ["--learning-rate=1e-2", "--batch-size=8", "--max-length=32", "--max-steps=12",
+            "--eval-every=6", "--warmup-ratio=0", "--lora-r=4", "--lora-alpha=8",
+            "--progress=false", "--report-to=none"]  # fmt: skip
+    args = ["lora", "--train", str(train), "--multi-label", "true", "--model", str(base)]
+    assert main([*args, "--mode", "head", "--out", str(out), *fast]) == 0
+    m = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    assert m["multi_label"] and 0 <= m["micro_f1"] <= 1 and "hamming_loss" in m
+    manifest = json.loads((out / "zhtune.json").read_text(encoding="utf-8"))
+    assert manifest["kind"] == "lora-head" and set(manifest["thresholds"]) == set(WORDS)
+    clf = Classifier.load(out)
+    r = clf.predict("听说苹果香蕉，下雨刮风大家")
+    assert isinstance(r["labels"], list) and set(r["probs"]) == set(WORDS)
+    probs = clf.predict_proba(["早上堵车地铁", "苹果"])
+    assert np.all((probs > 0) & (probs < 1)) and not np.allclose(probs.sum(1), 1.0)  # sigmoids
+    # label scoring refuses multi-label data with a clear message (exit 2)
+    sc = ["--mode", "scoring", "--label-words", "水果=水果,天气=天气,交通=交通"]
+    assert main([*args, *sc, "--out", str(tmp_path / "sc"), *fast]) == 2

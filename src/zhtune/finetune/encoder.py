@@ -292,18 +292,9 @@ def run_finetune(cfg: FinetuneConfig, out: str | Path) -> dict:
         len(splits.test),
         labels,
     )
-    train_ds, dev_ds, loss_fn, metrics_fn = multilabel.training_inputs(cfg, splits, tokenizer)
-    result = run_trainer(
-        model,
-        train_ds,
-        dev_ds,
-        cfg,
-        out,
-        labels,
-        tokenizer=tokenizer,
-        loss_fn=loss_fn,
-        compute_metrics=metrics_fn,
-    )
+    train_ds, dev_ds = multilabel.training_inputs(cfg, splits, tokenizer)
+    hooks = multilabel.trainer_hooks(cfg, splits, "auto")  # loss_fn, compute_metrics
+    result = run_trainer(model, train_ds, dev_ds, cfg, out, labels, tokenizer=tokenizer, **hooks)
     if not main:  # rank 0 saves the model and scores the test split
         return {}
     best = result.model
@@ -322,9 +313,7 @@ def run_finetune(cfg: FinetuneConfig, out: str | Path) -> dict:
     del model, best
     free_memory()
     if splits.multi_label:  # per-label thresholds from dev (or --threshold), in zhtune.json
-        clf = multilabel.tune_and_store(
-            out, splits, {"kind": "encoder", **manifest}, cfg.threshold, cfg.eval_bs
-        )
+        clf = multilabel.tune_and_store(out, splits, cfg.threshold, cfg.eval_bs)
     else:
         clf = Classifier.load(out)
     extra = {

@@ -83,51 +83,43 @@ def make_compute_metrics(labels: Sequence[str]) -> Callable:
     return compute
 
 
-def tune_and_store(out: Path, splits: Any, manifest: dict, threshold: float | None, bs: int):
+def tune_and_store(out: Path, splits: Any, threshold: float | None, bs: int):
     """Thresholds from the dev split (or ``--threshold``) into ``zhtune.json``; the Classifier."""
     from zhtune.classifier import Classifier
     from zhtune.evaluation.thresholds import decide
-    from zhtune.runs import write_manifest
+    from zhtune.runs import read_manifest, write_manifest
 
     labels = list(splits.label_map.names)
     clf = Classifier.load(out)
     y_dev = splits.dev.label_matrix(splits.label_map)
     probs = clf.predict_proba(splits.dev.texts, batch_size=bs)
     cuts = decide(y_dev, probs, labels, threshold)
-    write_manifest(out, manifest.pop("kind"), labels, **{**manifest, "thresholds": cuts})
-    clf.thresholds = cuts
-    return clf
+    manifest = {
+        k: v for k, v in (read_manifest(out) or {}).items() if k not in ("labels", "zhtune_version")
+    }
+    kind = manifest.pop("kind")
+    write_manifest(out, kind, labels, **{**manifest, "multi_label": True, "thresholds": cuts})
+    return Classifier.load(out)
 
 
-def training_inputs(cfg: Any, splits: Any, tokenizer: Any) -> tuple[Any, Any, Any, Any]:
-    """(train, dev datasets, ``loss_fn`` for ``run_trainer``, ``compute_metrics`` or None) for
-    the data's label kind (single / multi-label) and ``cfg.long_text``."""
+def training_inputs(cfg: Any, splits: Any, tokenizer: Any) -> tuple[Any, Any]:
+    """(train, dev) datasets for the Trainer, for the data's label kind (single / multi-label)
+    and ``cfg.long_text`` (commands without it truncate)."""
     from zhtune.finetune.longtext import tokenize_documents
     from zhtune.training.trainer import tokenize_split
 
     lm = splits.label_map
-    if not splits.multi_label and cfg.long_text == "truncate":
+    mode, stride = getattr(cfg, "long_text", "truncate"), getattr(cfg, "stride", 0)
+    if not splits.multi_label and mode == "truncate":
         enc = [tokenize_split(s, lm, tokenizer, cfg.max_length) for s in (splits.train, splits.dev)]
-        return enc[0], enc[1], "auto", None
+        return enc[0], enc[1]
     sets = []
     for s in (splits.train, splits.dev):
         targets = (
             s.label_matrix(lm).astype(np.float32).tolist() if s.multi_label else s.label_ids(lm)
         )
-        sets.append(
-            tokenize_documents(
-                s.texts, targets, tokenizer, cfg.max_length, cfg.long_text, cfg.stride
-            )
-        )
-    if not splits.multi_label:
-        return sets[0], sets[1], "auto", None
-    weight = pos_weight_tensor(cfg.class_weights, splits.train.label_matrix(lm))
-    check(
-        cfg.loss == "ce",
-        "loss",
-        "multi-label models train with binary cross-entropy: use --loss ce",
-    )
-    return sets[0], sets[1], bce_loss_fn(weight), make_compute_metrics(list(lm.names))
+        sets.append(tokenize_documents(s.texts, targets, tokenizer, cfg.max_length, mode, stride))
+    return sets[0], sets[1]
 
 
 def manifest_extra(cfg: Any, multi_label: bool) -> dict:
@@ -138,3 +130,20 @@ def manifest_extra(cfg: Any, multi_label: bool) -> dict:
     if multi_label:
         extra["multi_label"] = True
     return extra
+
+
+def trainer_hooks(cfg: Any, splits: Any, single_label_loss: Any) -> dict:
+    """``loss_fn`` / ``compute_metrics`` for ``run_trainer``: BCE and multi-label dev metrics
+    for multi-label data, else ``single_label_loss`` and the default metrics."""
+    if not splits.multi_label:
+        return {"loss_fn": single_label_loss}
+    weight = pos_weight_tensor(cfg.class_weights, splits.train.label_matrix(splits.label_map))
+    check(
+        cfg.loss == "ce",
+        "loss",
+        "multi-label models train with binary cross-entropy: use --loss ce",
+    )
+    return {
+        "loss_fn": bce_loss_fn(weight),
+        "compute_metrics": make_compute_metrics(list(splits.label_map.names)),
+    }
