@@ -53,9 +53,11 @@ class BaselineConfig(DataConfig):
         check(self.min_df >= 1, "min_df", f"must be >= 1, got {self.min_df}")
 
 
-def build_pipeline(cfg: BaselineConfig):
+def build_pipeline(cfg: BaselineConfig, multi_label: bool = False):
+    """TF-IDF + logistic regression; multi-label: one-vs-rest (one binary model per label)."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
+    from sklearn.multiclass import OneVsRestClassifier
     from sklearn.pipeline import Pipeline
 
     cw = None if cfg.class_weight == "none" else "balanced"
@@ -66,9 +68,40 @@ def build_pipeline(cfg: BaselineConfig):
         min_df=cfg.min_df,
         max_features=cfg.max_features,
     )
-    return Pipeline(
-        [("tfidf", vec), ("clf", LogisticRegression(C=cfg.C, class_weight=cw, max_iter=2000))]
-    )
+    lr = LogisticRegression(C=cfg.C, class_weight=cw, max_iter=2000)
+    return Pipeline([("tfidf", vec), ("clf", OneVsRestClassifier(lr) if multi_label else lr)])
+
+
+def _ovr_arrays(clf) -> tuple[np.ndarray, np.ndarray]:
+    """(coef, intercept) of a fitted one-vs-rest model: one row per label."""
+    from zhtune.errors import ZhtuneError
+
+    if not all(hasattr(e, "coef_") for e in clf.estimators_):
+        raise ZhtuneError(
+            "a label is on every training row or on none; the baseline cannot learn it"
+        )
+    coef = np.vstack([e.coef_ for e in clf.estimators_])
+    return coef, np.concatenate([e.intercept_ for e in clf.estimators_])
+
+
+def _ovr_from_arrays(coef: np.ndarray, intercept: np.ndarray):
+    """A fitted ``OneVsRestClassifier`` of logistic regressions, rebuilt from its arrays."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.multiclass import OneVsRestClassifier
+    from sklearn.preprocessing import LabelBinarizer
+
+    estimators = []
+    for i in range(coef.shape[0]):
+        lr = LogisticRegression()
+        lr.coef_, lr.intercept_ = coef[i : i + 1], intercept[i : i + 1]
+        lr.classes_, lr.n_features_in_ = np.arange(2), coef.shape[1]
+        estimators.append(lr)
+    ovr = OneVsRestClassifier(LogisticRegression())
+    ovr.estimators_ = estimators
+    ovr.label_binarizer_ = LabelBinarizer(sparse_output=True).fit(np.eye(coef.shape[0], dtype=int))
+    ovr.classes_ = np.arange(coef.shape[0])
+    ovr.n_features_in_ = coef.shape[1]
+    return ovr
 
 
 class BaselineModel:
@@ -92,9 +125,11 @@ class BaselineModel:
         vec, clf = self.pipeline.named_steps["tfidf"], self.pipeline.named_steps["clf"]
         vocab = sorted(vec.vocabulary_, key=vec.vocabulary_.__getitem__)
         params = {k: vec.get_params()[k] for k in VECTORIZER_PARAMS}
-        meta = {"format": 1, "vectorizer": params, "vocabulary": vocab}
+        multi = hasattr(clf, "estimators_")
+        meta = {"format": 1, "vectorizer": params, "vocabulary": vocab, "multi_label": multi}
         write_json(out / META_FILE, meta)
-        arrays = {"idf": vec.idf_, "coef": clf.coef_, "intercept": clf.intercept_}
+        coef, intercept = _ovr_arrays(clf) if multi else (clf.coef_, clf.intercept_)
+        arrays = {"idf": vec.idf_, "coef": coef, "intercept": intercept}
         save_file(
             {k: np.ascontiguousarray(v, dtype=np.float64) for k, v in arrays.items()},
             str(out / WEIGHTS_FILE),
@@ -122,10 +157,11 @@ class BaselineModel:
                 f"{path}: cannot load the baseline model ({type(e).__name__}: {e})"
             ) from None
         n_classes = len(labels)
+        multi = bool(meta.get("multi_label"))
         if (
             idf.shape != (len(vocab),)
             or coef.shape[1] != len(vocab)
-            or coef.shape[0] != (1 if n_classes == 2 else n_classes)
+            or coef.shape[0] != (1 if n_classes == 2 and not multi else n_classes)
         ):
             raise ModelLoadError(
                 f"{path}: baseline arrays do not match the vocabulary or the {n_classes} labels"
@@ -133,6 +169,10 @@ class BaselineModel:
         vec = TfidfVectorizer(**params)
         vec.vocabulary_ = {t: i for i, t in enumerate(vocab)}
         vec.idf_ = idf
+        if multi:
+            return cls(
+                Pipeline([("tfidf", vec), ("clf", _ovr_from_arrays(coef, intercept))]), labels
+            )
         clf = LogisticRegression()
         clf.coef_, clf.intercept_, clf.classes_ = coef, intercept, np.arange(n_classes)
         clf.n_features_in_ = len(vocab)
@@ -162,10 +202,12 @@ def run_baseline(cfg: BaselineConfig, out: str | Path) -> dict:
         len(splits.test),
         labels,
     )
-    pipe = build_pipeline(cfg)
+    multi = splits.multi_label
+    pipe = build_pipeline(cfg, multi)
     t = time.perf_counter()
-    # fit on label ids so that predict_proba columns follow the label map
-    pipe.fit(splits.train.texts, splits.train.label_ids(splits.label_map))
+    # fit on label ids (multi-label: the 0/1 matrix) so predict_proba columns follow the map
+    y = splits.train.label_matrix(splits.label_map) if multi else None
+    pipe.fit(splits.train.texts, y if multi else splits.train.label_ids(splits.label_map))
     train_seconds = time.perf_counter() - t
     # stop_words_ holds every pruned n-gram: only needed for introspection, and it made the
     # saved model hundreds of MB (scikit-learn's docs suggest deleting it before saving).
@@ -173,14 +215,23 @@ def run_baseline(cfg: BaselineConfig, out: str | Path) -> dict:
     BaselineModel(pipe, labels).save(out)
     write_manifest(out, "baseline", labels)
     model = BaselineModel.load(out)  # score what was saved, so the format is checked every run
-    clf = Classifier(model, "baseline", str(out))
-    dev_pred = clf.predict_proba(splits.dev.texts).argmax(1)
-    dev_acc = float(np.mean(dev_pred == splits.dev.label_ids(splits.label_map)))
     head = pipe.named_steps["clf"]
-    extra = {
-        "model": "tfidf-logreg",
+    extra: dict = {
+        "model": "tfidf-logreg" + ("-ovr" if multi else ""),
         "train_seconds": train_seconds,
-        "dev_accuracy": dev_acc,
-        "parameters": int(head.coef_.size + head.intercept_.size),
     }
+    if multi:
+        from zhtune.evaluation.thresholds import decide
+
+        dev_y = splits.dev.label_matrix(splits.label_map)
+        cuts = decide(dev_y, model.predict_proba(splits.dev.texts), labels, cfg.threshold)
+        write_manifest(out, "baseline", labels, multi_label=True, thresholds=cuts)
+        coef, intercept = _ovr_arrays(head)
+        extra["parameters"] = int(coef.size + intercept.size)
+        clf = Classifier.load(out)
+    else:
+        clf = Classifier(model, "baseline", str(out))
+        dev_pred = clf.predict_proba(splits.dev.texts).argmax(1)
+        extra["dev_accuracy"] = float(np.mean(dev_pred == splits.dev.label_ids(splits.label_map)))
+        extra["parameters"] = int(head.coef_.size + head.intercept_.size)
     return write_test_outputs(clf, splits, out, extra=extra)

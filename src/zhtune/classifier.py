@@ -83,11 +83,24 @@ class Classifier:
     {'label': 'positive', 'confidence': 0.97, 'probs': {'negative': 0.03, 'positive': 0.97}}
     """
 
-    def __init__(self, backend: Backend, kind: str, path: str, temperature: float = 1.0) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        kind: str,
+        path: str,
+        temperature: float = 1.0,
+        thresholds: dict[str, float] | None = None,
+    ) -> None:
         self.backend = backend
         self.kind = kind
         self.path = path
         self.temperature = temperature
+        # multi-label models: label -> decision threshold (zhtune.json ``thresholds``)
+        self.thresholds = thresholds
+
+    @property
+    def multi_label(self) -> bool:
+        return self.thresholds is not None
 
     @property
     def labels(self) -> list[str]:
@@ -127,6 +140,11 @@ class Classifier:
         kind = manifest["kind"]
         backend = load_backend(kind, p if p.exists() else str(path), manifest, **kw)
         temperature = 1.0
+        thresholds = manifest.get("thresholds") if manifest.get("multi_label") else None
+        if thresholds is not None:
+            thresholds = {name: float(thresholds.get(name, 0.5)) for name in backend.labels}
+            if calibrated:
+                raise ZhtuneError(f"{p}: temperature calibration is for single-label models")
         if calibrated:
             cal = p / "calibration.json"
             if not cal.is_file():
@@ -134,7 +152,7 @@ class Classifier:
                     f"{cal} not found: run `zhtune evaluate --model {p}` to fit a temperature"
                 )
             temperature = float(json.loads(cal.read_text(encoding="utf-8"))["temperature"])
-        return cls(backend, kind, str(path), temperature)
+        return cls(backend, kind, str(path), temperature, thresholds)
 
     def predict_logits(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
         """Logits / class scores (len(texts), n_labels) before temperature: the backend's own
@@ -164,6 +182,15 @@ class Classifier:
 
     def format(self, probs: np.ndarray) -> list[dict]:
         labels = self.labels
+        if self.thresholds is not None:  # independent probabilities, a label set per text
+            cut = [self.thresholds[n] for n in labels]
+            return [
+                {
+                    "labels": [n for n, p, t in zip(labels, row, cut, strict=True) if p >= t],
+                    "probs": {name: float(p) for name, p in zip(labels, row, strict=True)},
+                }
+                for row in probs
+            ]
         out = []
         for row in probs:
             i = int(row.argmax())
@@ -177,7 +204,9 @@ class Classifier:
         return out
 
     def predict(self, texts: str | Sequence[str], batch_size: int = 32) -> dict | list[dict]:
-        """``predict("文本")`` gives ``{"label", "confidence", "probs"}``; a list gives a list."""
+        """``predict("文本")`` gives ``{"label", "confidence", "probs"}`` (multi-label models:
+        ``{"labels": [...], "probs": {label: p}}``, independent probabilities); a list gives a
+        list."""
         if isinstance(texts, str):
             return self.format(self.predict_proba([texts], batch_size))[0]
         return self.format(self.predict_proba(list(texts), batch_size))

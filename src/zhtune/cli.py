@@ -39,23 +39,26 @@ def _add_baseline(p: argparse.ArgumentParser) -> None:
 
 def _run_baseline(ns: argparse.Namespace) -> int:
     from zhtune.baseline import BaselineConfig, run_baseline
-    from zhtune.evaluation.metrics import format_table
+    from zhtune.evaluation.metrics import format_table, table_columns
 
     cfg = config_from_args(BaselineConfig, ns)
     m = run_baseline(cfg, ns.out)
     print(
         format_table(
             [m],
-            [
-                ("model", "model"),
-                ("accuracy", "accuracy"),
-                ("macro_f1", "macro-F1"),
-                ("weighted_f1", "weighted-F1"),
-                ("roc_auc", "ROC-AUC"),
-                ("n", "test rows"),
-                ("train_seconds", "train s"),
-                ("texts_per_second", "texts/s"),
-            ],
+            table_columns(
+                m,
+                [
+                    ("model", "model"),
+                    ("accuracy", "accuracy"),
+                    ("macro_f1", "macro-F1"),
+                    ("weighted_f1", "weighted-F1"),
+                    ("roc_auc", "ROC-AUC"),
+                    ("n", "test rows"),
+                    ("train_seconds", "train s"),
+                    ("texts_per_second", "texts/s"),
+                ],
+            ),
         )
     )
     print(f"\nrun directory: {ns.out}")

@@ -30,6 +30,43 @@ class Row:
     source: str
     line: int
     int_label: bool = False  # a JSON integer (not a string) label
+    labels: tuple[str, ...] | None = None  # multi-label rows: the label set (may be empty)
+
+
+@dataclass(frozen=True)
+class LabelSets:
+    """How multi-label rows give their labels: ``a|b`` (``sep``) in CSV/TSV, or a JSON list."""
+
+    sep: str = "|"
+    allow_empty: bool = False
+
+    def parse(self, raw: object) -> tuple[tuple[str, ...] | None, str]:
+        """(label set, "") or (None, why it is invalid)."""
+        if raw is None or raw == "" or raw == []:
+            items: list = []
+        elif isinstance(raw, list):
+            items = raw
+        elif isinstance(raw, str):
+            items = raw.split(self.sep)
+        elif isinstance(raw, int) and not isinstance(raw, bool):
+            items = [raw]
+        else:
+            return None, f"a label set must be a string or a JSON list, got {type(raw).__name__}"
+        out: list[str] = []
+        for x in items:
+            if isinstance(x, bool) or not isinstance(x, int | str):
+                return None, f"each label must be a string or an integer, got {x!r}"
+            name = str(x).strip()
+            if not name:
+                return None, f"an empty label in {raw!r} (separator {self.sep!r})"
+            if name not in out:
+                out.append(name)
+        if not out and not self.allow_empty:
+            return (
+                None,
+                "the label set is empty (use --allow-empty-labels to allow rows with no label)",
+            )
+        return tuple(out), ""
 
 
 @dataclass
@@ -92,7 +129,13 @@ def _lines(path: Path, bad: BadRows) -> Iterator[tuple[int, str]]:
 
 
 def _check_row(
-    path: str, line: int, text: object, label: object, bad: BadRows, need_label: bool
+    path: str,
+    line: int,
+    text: object,
+    label: object,
+    bad: BadRows,
+    need_label: bool,
+    multi: LabelSets | None = None,
 ) -> Row | None:
     if text is None:
         bad.add(path, line, "missing_text", "the text field is missing")
@@ -104,6 +147,15 @@ def _check_row(
         return None
     if not text.strip():
         bad.add(path, line, "empty_text", "the text is empty")
+        return None
+    if multi is not None and need_label:
+        labels, why = multi.parse(label)
+        if labels is None:
+            bad.add(path, line, "bad_label_set", why)
+            return None
+        return Row(text.strip(), multi.sep.join(labels), path, line, labels=labels)
+    if isinstance(label, list):
+        bad.add(path, line, "unparseable", "a list of labels needs --multi-label")
         return None
     if label is None or (isinstance(label, str) and not label.strip()):
         if need_label:
@@ -146,15 +198,18 @@ def read_file(
     bad: BadRows | None = None,
     fmt: str = "auto",
     need_label: bool = True,
+    multi: LabelSets | None = None,
 ) -> list[Row]:
-    """Read a CSV/TSV (header row) or JSONL file into rows. ``txt`` is one unlabeled text a line."""
+    """Read a CSV/TSV (header row) or JSONL file into rows. ``txt`` is one unlabeled text a line.
+
+    ``multi``: multi-label rows (each row's ``labels`` is its label set)."""
     path = Path(path)
     bad = bad or BadRows()
     if not path.is_file():
         raise DataError("file not found", str(path))
     kind = detect_format(path, fmt)
     if kind == "jsonl":
-        rows = _read_jsonl(path, text_column, label_column, bad, need_label)
+        rows = _read_jsonl(path, text_column, label_column, bad, need_label, multi)
     elif kind == "txt":
         rows = [
             r
@@ -165,18 +220,21 @@ def read_file(
         ]
     else:
         rows = _read_delimited(
-            path, "\t" if kind == "tsv" else ",", text_column, label_column, bad, need_label
+            path, "\t" if kind == "tsv" else ",", text_column, label_column, bad, need_label, multi
         )
     if not rows:
         raise DataError(
             "no data rows (the file is empty, has only a header, or every row was skipped)",
             str(path),
         )
-    _check_label_types(rows, bad, path)
+    if multi is None:
+        _check_label_types(rows, bad, path)
     return [r for r in rows if r is not None]
 
 
-def _read_jsonl(path: Path, tcol: str, lcol: str, bad: BadRows, need_label: bool) -> list[Row]:
+def _read_jsonl(
+    path: Path, tcol: str, lcol: str, bad: BadRows, need_label: bool, multi: LabelSets | None
+) -> list[Row]:
     rows = []
     for no, line in _lines(path, bad):
         if not line.strip():
@@ -207,7 +265,7 @@ def _read_jsonl(path: Path, tcol: str, lcol: str, bad: BadRows, need_label: bool
                 f"no field '{lcol}' (fields: {keys}; set --label-column)",
             )
             continue
-        row = _check_row(str(path), no, obj[tcol], obj.get(lcol), bad, need_label)
+        row = _check_row(str(path), no, obj[tcol], obj.get(lcol), bad, need_label, multi)
         if row:
             row.int_label = isinstance(obj.get(lcol), int)
             rows.append(row)
@@ -215,7 +273,13 @@ def _read_jsonl(path: Path, tcol: str, lcol: str, bad: BadRows, need_label: bool
 
 
 def _read_delimited(
-    path: Path, delim: str, tcol: str, lcol: str, bad: BadRows, need_label: bool
+    path: Path,
+    delim: str,
+    tcol: str,
+    lcol: str,
+    bad: BadRows,
+    need_label: bool,
+    multi: LabelSets | None = None,
 ) -> list[Row]:
     lines = _lines(path, bad)
     line_numbers: list[int] = []
@@ -263,7 +327,7 @@ def _read_delimited(
             )
             continue
         row = _check_row(
-            str(path), no, rec[ti], rec[li] if li is not None else None, bad, need_label
+            str(path), no, rec[ti], rec[li] if li is not None else None, bad, need_label, multi
         )
         if row:
             rows.append(row)

@@ -7,6 +7,7 @@ or evaluated with it is scored on the same test rows.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,7 +17,8 @@ from sklearn.model_selection import train_test_split
 from zhtune.config import arg, check, validate_choices
 from zhtune.data.builtin import BUILTIN, load_builtin
 from zhtune.data.labels import LabelMap
-from zhtune.data.readers import BadRows, Row, read_file, read_folder, read_hf_dir
+from zhtune.data.multilabel import label_counts
+from zhtune.data.readers import BadRows, LabelSets, Row, read_file, read_folder, read_hf_dir
 from zhtune.errors import DataError
 
 
@@ -53,6 +55,14 @@ class DataConfig:
     max_eval_samples: int | None = arg(
         None, "use at most this many dev and test rows each (stratified sample)"
     )
+    multi_label: bool = arg(
+        False, "multi-label data: each row has a set of labels (a|b in CSV/TSV, a list in JSONL)"
+    )
+    label_sep: str = arg("|", "with multi_label: the separator between labels in a CSV/TSV cell")
+    allow_empty_labels: bool = arg(False, "with multi_label: allow rows with an empty label set")
+    threshold: float | None = arg(
+        None, "multi-label decision threshold for every label (default: per label, tuned on dev)"
+    )
 
     def __post_init__(self) -> None:
         validate_choices(self)
@@ -66,6 +76,12 @@ class DataConfig:
             "test_ratio",
             f"must be between 0 and 0.5, got {self.test_ratio}",
         )
+        check(bool(self.label_sep), "label_sep", "must not be empty")
+        check(
+            self.threshold is None or 0 < self.threshold < 1,
+            "threshold",
+            f"must be between 0 and 1, got {self.threshold}",
+        )
         for name in ("max_train_samples", "max_eval_samples", "max_files_per_category"):
             v = getattr(self, name)
             check(v is None or v > 0, name, f"must be a positive integer, got {v}")
@@ -77,19 +93,36 @@ class DataConfig:
 @dataclass
 class Split:
     texts: list[str]
-    labels: list[str]
+    labels: list  # names; multi-label: one tuple of names per row
+    multi_label: bool = False
 
     def __len__(self) -> int:
         return len(self.texts)
 
     def label_ids(self, label_map: LabelMap) -> list[int]:
+        if self.multi_label:
+            raise DataError("multi-label data has no single label per row; use label_matrix")
         return label_map.encode(self.labels)
 
+    def label_matrix(self, label_map: LabelMap) -> np.ndarray:
+        """(rows, labels) 0/1 matrix; single-label data gives one-hot rows."""
+        from zhtune.data.multilabel import indicator
+
+        sets = self.labels if self.multi_label else [(n,) for n in self.labels]
+        return indicator(sets, label_map)
+
     def to_hf(self, label_map: LabelMap):
-        """As a ``datasets.Dataset`` with columns ``text`` and ``label`` (int ids)."""
+        """As a ``datasets.Dataset`` with columns ``text`` and ``label`` (int ids; multi-label:
+        a float 0/1 vector per row, what ``problem_type="multi_label_classification"`` takes)."""
         import datasets
 
+        if self.multi_label:
+            y = self.label_matrix(label_map).astype(np.float32).tolist()
+            return datasets.Dataset.from_dict({"text": self.texts, "label": y})
         return datasets.Dataset.from_dict({"text": self.texts, "label": self.label_ids(label_map)})
+
+    def subset(self, idx: Sequence[int] | np.ndarray) -> Split:
+        return Split([self.texts[i] for i in idx], [self.labels[i] for i in idx], self.multi_label)
 
 
 @dataclass
@@ -100,6 +133,10 @@ class Splits:
     label_map: LabelMap
     report: dict = field(default_factory=dict)
 
+    @property
+    def multi_label(self) -> bool:
+        return self.train.multi_label
+
     def get(self, name: str) -> Split:
         if name not in ("train", "dev", "test"):
             raise DataError(f"unknown split {name!r}; use train, dev or test")
@@ -109,7 +146,10 @@ class Splits:
 def _read_sources(
     cfg: DataConfig, bad: BadRows
 ) -> tuple[dict[str, list[Row]], list[str] | None, dict]:
-    read = lambda p: read_file(p, cfg.text_column, cfg.label_column, bad, cfg.file_format)  # noqa: E731
+    multi = LabelSets(cfg.label_sep, cfg.allow_empty_labels) if cfg.multi_label else None
+    read = lambda p: read_file(  # noqa: E731
+        p, cfg.text_column, cfg.label_column, bad, cfg.file_format, multi=multi
+    )
     if sum(bool(x) for x in (cfg.dataset, cfg.train, cfg.data_dir)) != 1:
         raise DataError(
             "give exactly one data source: --dataset NAME, --train FILE or --data-dir DIR"
@@ -137,10 +177,37 @@ def _read_sources(
         parts["dev"] = read(cfg.dev)
     if cfg.test:
         parts["test"] = read(cfg.test)
+    if not cfg.multi_label and any(r.labels is not None for r in parts["train"][:1]):
+        raise DataError(f"dataset {cfg.dataset!r} is multi-label: add --multi-label true")
+    if cfg.multi_label and (cfg.data_dir or (cfg.dataset and cfg.dataset not in BUILTIN)):
+        raise DataError("--multi-label reads --train/--dev/--test files or a built-in dataset")
     return parts, names, info
 
 
-def _to_split(rows: list[Row], label_map: LabelMap, bad: BadRows) -> Split:
+def _to_multi_split(rows: list[Row], label_map: LabelMap, bad: BadRows) -> Split:
+    """Multi-label rows (a single-label row counts as a set of one) in label-map order."""
+    texts, sets = [], []
+    order = label_map.label2id
+    for r in rows:
+        raw = r.labels if r.labels is not None else ((r.label,) if r.label else ())
+        names = [label_map.normalize(x) for x in raw]
+        unknown = [x for x, n in zip(raw, names, strict=True) if n is None]
+        if unknown:
+            bad.add(
+                r.source,
+                r.line,
+                "unknown_label",
+                f"label(s) {unknown} not among the training labels: {', '.join(label_map.names)}",
+            )
+            continue
+        texts.append(r.text)
+        sets.append(tuple(sorted(set(names), key=order.__getitem__)))  # type: ignore[arg-type]
+    return Split(texts, sets, multi_label=True)
+
+
+def _to_split(rows: list[Row], label_map: LabelMap, bad: BadRows, multi: bool = False) -> Split:
+    if multi:
+        return _to_multi_split(rows, label_map, bad)
     texts, labels = [], []
     for r in rows:
         name = label_map.normalize(r.label or "")
@@ -157,7 +224,14 @@ def _to_split(rows: list[Row], label_map: LabelMap, bad: BadRows) -> Split:
     return Split(texts, labels)
 
 
-def _split_off(split: Split, ratio: float, seed: int, what: str) -> tuple[Split, Split]:
+def _split_off(
+    split: Split, ratio: float, seed: int, what: str, label_map: LabelMap | None = None
+) -> tuple[Split, Split]:
+    if split.multi_label and label_map is not None:
+        from zhtune.data.multilabel import stratified_indices
+
+        keep, off = stratified_indices(split.labels, label_map, ratio, seed)
+        return split.subset(keep), split.subset(off)
     counts = Counter(split.labels)
     small = {k: v for k, v in counts.items() if v * ratio < 1 or v < 3}
     if small:
@@ -172,9 +246,13 @@ def _split_off(split: Split, ratio: float, seed: int, what: str) -> tuple[Split,
     return Split(list(a_t), list(a_l)), Split(list(b_t), list(b_l))
 
 
-def _subsample(split: Split, n: int | None, seed: int) -> Split:
+def _subsample(split: Split, n: int | None, seed: int, label_map: LabelMap | None = None) -> Split:
     if n is None or n >= len(split):
         return split
+    if split.multi_label and label_map is not None:
+        from zhtune.data.multilabel import stratified_indices
+
+        return split.subset(stratified_indices(split.labels, label_map, len(split) - n, seed)[0])
     strat = (
         split.labels
         if min(Counter(split.labels).values()) >= 2 and n >= len(set(split.labels))
@@ -191,24 +269,30 @@ def load_splits(cfg: DataConfig) -> Splits:
     bad = BadRows(cfg.on_bad_row)
     parts, names, info = _read_sources(cfg, bad)
     train_rows = parts["train"]
-    label_map = LabelMap.from_labels([r.label or "" for r in train_rows], names)
-    train = _to_split(train_rows, label_map, bad)
+    ml = cfg.multi_label
+    if ml:
+        raw = [x for r in train_rows for x in (r.labels or ((r.label,) if r.label else ()))]
+    else:
+        raw = [r.label or "" for r in train_rows]
+    label_map = LabelMap.from_labels(raw, names)
+    train = _to_split(train_rows, label_map, bad, ml)
     if not len(train):
         raise DataError("the training data has no usable rows")
-    test = _to_split(parts["test"], label_map, bad) if "test" in parts else None
+    test = _to_split(parts["test"], label_map, bad, ml) if "test" in parts else None
     if test is None:
-        train, test = _split_off(train, cfg.test_ratio, cfg.seed, "test")
-    dev = _to_split(parts["dev"], label_map, bad) if "dev" in parts else None
+        train, test = _split_off(train, cfg.test_ratio, cfg.seed, "test", label_map)
+    dev = _to_split(parts["dev"], label_map, bad, ml) if "dev" in parts else None
     if dev is None:
         ratio = cfg.dev_ratio / (1 - (cfg.test_ratio if "test" not in parts else 0))
-        train, dev = _split_off(train, ratio, cfg.seed, "dev")
+        train, dev = _split_off(train, ratio, cfg.seed, "dev", label_map)
     for name, s in (("dev", dev), ("test", test)):
         if not len(s):
             raise DataError(f"the {name} split has no usable rows")
-    train = _subsample(train, cfg.max_train_samples, cfg.seed)
-    dev = _subsample(dev, cfg.max_eval_samples, cfg.seed)
-    test = _subsample(test, cfg.max_eval_samples, cfg.seed)
-    missing = [n for n in label_map.names if n not in set(train.labels)]
+    train = _subsample(train, cfg.max_train_samples, cfg.seed, label_map)
+    dev = _subsample(dev, cfg.max_eval_samples, cfg.seed, label_map)
+    test = _subsample(test, cfg.max_eval_samples, cfg.seed, label_map)
+    seen = {x for names_ in train.labels for x in names_} if ml else set(train.labels)
+    missing = [n for n in label_map.names if n not in seen]
     if missing:
         raise DataError(f"class(es) {missing} have no training rows")
     train_set = set(train.texts)
@@ -217,8 +301,10 @@ def load_splits(cfg: DataConfig) -> Splits:
         "labels": list(label_map.names),
         "sizes": {"train": len(train), "dev": len(dev), "test": len(test)},
         "label_counts": {
-            k: dict(Counter(s.labels)) for k, s in (("train", train), ("dev", dev), ("test", test))
+            k: (label_counts(s.labels) if ml else dict(Counter(s.labels)))
+            for k, s in (("train", train), ("dev", dev), ("test", test))
         },
+        **({"multi_label": True, "label_sep": cfg.label_sep} if ml else {}),
         "duplicate_texts_in_train": len(train) - len(train_set),
         "test_texts_also_in_train": sum(t in train_set for t in test.texts),
         **bad.summary(),

@@ -373,6 +373,10 @@ def evaluate_model(
     out = prepare_out_dir(out)
     save_config(cfg, out)
     splits, clf = _load_inputs(model, cfg, out, splits)
+    if clf.multi_label or splits.multi_label:
+        from zhtune.evaluation.multilabel_eval import evaluate_multilabel
+
+        return evaluate_multilabel(clf, splits, cfg, out, name)
     ev = _score_split(clf, splits, cfg, name)
     _write_predictions(ev, out)
     conf = _calibrate(ev, splits, cfg, out, save_to_model=save_temperature_to_model)
@@ -445,6 +449,11 @@ def run_cli(ns: argparse.Namespace) -> int:
     kw = {"allow_pickle": True} if ns.allow_pickle else {}
     model = Classifier.load(ns.model, device=ns.device, skip_verify=ns.skip_verify, **kw)
     row = evaluate_model(model, cfg, ns.out, save_temperature_to_model=ns.save_temperature)
+    if row.get("multi_label"):  # no temperature / abstention for independent probabilities
+        from zhtune.evaluation.metrics import table_columns
+
+        print(format_table([row], table_columns(row, SUMMARY_COLUMNS)))
+        return 0
     print(format_table([row], SUMMARY_COLUMNS))
     a = row["abstain_threshold"]
     print(

@@ -8,6 +8,8 @@ import numpy as np
 from sklearn.metrics import (
     accuracy_score,
     confusion_matrix,
+    f1_score,
+    hamming_loss,
     log_loss,
     precision_recall_fscore_support,
     roc_auc_score,
@@ -61,6 +63,62 @@ def classification_metrics(y_true: Sequence[int], probs: np.ndarray, labels: Seq
     clipped = np.clip(probs, 1e-12, 1.0)
     out["log_loss"] = float(log_loss(y, clipped / clipped.sum(1, keepdims=True), labels=ids))
     return out
+
+
+def multilabel_metrics(
+    y_true: np.ndarray, probs: np.ndarray, labels: Sequence[str], thresholds: np.ndarray
+) -> dict:
+    """Multi-label metrics from a 0/1 gold matrix, independent probabilities and per-label
+    thresholds (a label is predicted when its probability >= its threshold): micro / macro /
+    samples F1, hamming loss, subset accuracy (exact label set), per-label P/R/F1/support and
+    ROC-AUC (None where the label is always or never present)."""
+    y = np.asarray(y_true, dtype=np.int64)
+    probs = np.asarray(probs, dtype=np.float64)
+    pred = (probs >= np.asarray(thresholds)[None, :]).astype(np.int64)
+    out: dict = {"n": int(len(y)), "labels": list(labels), "multi_label": True}
+    for avg in ("micro", "macro", "samples"):
+        out[f"{avg}_f1"] = float(f1_score(y, pred, average=avg, zero_division=0))
+    out["hamming_loss"] = float(hamming_loss(y, pred))
+    out["subset_accuracy"] = float(accuracy_score(y, pred))
+    p, r, f, s = precision_recall_fscore_support(y, pred, average=None, zero_division=0)
+    per: dict = {}
+    for i, name in enumerate(labels):
+        col = y[:, i]
+        auc = float(roc_auc_score(col, probs[:, i])) if 0 < col.sum() < len(col) else None
+        per[name] = {
+            "precision": float(p[i]),
+            "recall": float(r[i]),
+            "f1": float(f[i]),
+            "support": int(s[i]),
+            "roc_auc": auc,
+            "threshold": float(thresholds[i]),
+        }
+    out["per_class"] = per
+    aucs = [v["roc_auc"] for v in per.values() if v["roc_auc"] is not None]
+    out["roc_auc"] = float(np.mean(aucs)) if aucs else None
+    out["mean_labels_per_row"] = {
+        "gold": float(y.sum(1).mean()),
+        "predicted": float(pred.sum(1).mean()),
+    }
+    return out
+
+
+MULTI_LABEL_COLUMNS = [
+    ("micro_f1", "micro-F1"),
+    ("macro_f1", "macro-F1"),
+    ("samples_f1", "samples-F1"),
+    ("subset_accuracy", "subset acc"),
+    ("hamming_loss", "hamming"),
+]
+
+
+def table_columns(metrics: dict, columns: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """A command's summary columns; multi-label metrics replace the single-label scores."""
+    if not metrics.get("multi_label"):
+        return columns
+    single = {"accuracy", "macro_f1", "weighted_f1", "dev_accuracy", "dev_macro_f1"}
+    kept = [c for c in columns if c[0] not in single]
+    return kept[:1] + MULTI_LABEL_COLUMNS + kept[1:]
 
 
 def format_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:

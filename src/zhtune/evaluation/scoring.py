@@ -10,7 +10,7 @@ import numpy as np
 
 from zhtune.data import Split, Splits
 from zhtune.errors import ZhtuneError
-from zhtune.evaluation.metrics import classification_metrics
+from zhtune.evaluation.metrics import classification_metrics, multilabel_metrics
 from zhtune.runs import finish_model_dir, prediction_rows, write_json, write_jsonl
 
 if TYPE_CHECKING:
@@ -26,6 +26,15 @@ def check_labels(model_labels: list[str], data_labels: list[str], where: str = "
         )
 
 
+def check_label_kind(clf: Classifier, split: Split) -> None:
+    """ZhtuneError when a multi-label model meets single-label data, or the other way round."""
+    if clf.multi_label != split.multi_label:
+        model = "a multi-label" if clf.multi_label else "a single-label"
+        data = "multi-label" if split.multi_label else "single-label"
+        hint = "drop --multi-label" if split.multi_label else "add --multi-label true"
+        raise ZhtuneError(f"{clf.path} is {model} model but the data is {data}; {hint}")
+
+
 def dir_size(
     path: str | Path, patterns: tuple[str, ...] = ("*.safetensors", "baseline.json", "*.onnx")
 ) -> int:
@@ -38,12 +47,21 @@ def score(
     clf: Classifier, split: Split, labels: list[str], batch_size: int = 64
 ) -> tuple[dict, np.ndarray]:
     """Metrics (plus texts/s) and probabilities of ``clf`` on ``split``."""
+    check_label_kind(clf, split)
     check_labels(clf.labels, labels)
     t = time.perf_counter()
     probs = clf.predict_proba(split.texts, batch_size=batch_size)
     seconds = time.perf_counter() - t
-    gold = [labels.index(lbl) for lbl in split.labels]
-    metrics = classification_metrics(gold, probs, labels)
+    if clf.thresholds is not None:
+        from zhtune.data.labels import LabelMap
+        from zhtune.data.multilabel import indicator
+
+        y = indicator(split.labels, LabelMap(tuple(labels)))
+        cut = np.array([clf.thresholds[n] for n in labels])
+        metrics = multilabel_metrics(y, probs, labels, cut)
+    else:
+        gold = [labels.index(lbl) for lbl in split.labels]
+        metrics = classification_metrics(gold, probs, labels)
     metrics["texts_per_second"] = len(split) / max(seconds, 1e-9)
     return metrics, probs
 
@@ -70,7 +88,10 @@ def write_test_outputs(
     write_jsonl(
         out / "predictions.jsonl", prediction_rows(data.texts, data.labels, clf.format(probs))
     )
-    plots.confusion_matrix_png(metrics["confusion_matrix"], labels, out / "confusion_matrix.png")
+    if "confusion_matrix" in metrics:  # multi-label runs have per-label scores only
+        plots.confusion_matrix_png(
+            metrics["confusion_matrix"], labels, out / "confusion_matrix.png"
+        )
     plots.per_class_png(metrics["per_class"], out / "per_class.png")
     finish_model_dir(out, metrics)
     return metrics

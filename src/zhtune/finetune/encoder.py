@@ -65,6 +65,14 @@ class FinetuneConfig(AugmentConfig, TrainingConfig):
     allow_pickle: bool = arg(
         False, "allow loading .bin (pickle) weights of a model you trust (default: safetensors)"
     )
+    long_text: str = arg(
+        "truncate",
+        "texts longer than max_length: keep the start, head-tail (first 1/4 + last 3/4), or "
+        "chunks (overlapping windows, pooled; stored in the model)",
+        ("truncate", "head-tail", "chunks"),
+    )
+    stride: int = arg(32, "long_text chunks: tokens shared by consecutive windows")
+    pool: str = arg("mean", "long_text chunks: pool the windows' logits", ("mean", "max"))
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -84,6 +92,11 @@ class FinetuneConfig(AugmentConfig, TrainingConfig):
             "intermediate_size",
         ):
             check(getattr(self, name) >= 1, name, "must be >= 1")
+        check(
+            self.long_text != "chunks" or 0 <= self.stride < self.max_length - 2,
+            "stride",
+            f"must be >= 0 and < max_length - 2 ({self.max_length - 2}), got {self.stride}",
+        )
         check(
             self.hidden_size % self.num_attention_heads == 0,
             "num_attention_heads",
@@ -257,7 +270,7 @@ def run_finetune(cfg: FinetuneConfig, out: str | Path) -> dict:
     from zhtune.classifier import Classifier
     from zhtune.device import set_threads
     from zhtune.evaluation.scoring import write_test_outputs
-    from zhtune.training.trainer import tokenize_split
+    from zhtune.finetune import multilabel
 
     set_threads()
     out = prepare_out_dir(out)
@@ -273,6 +286,8 @@ def run_finetune(cfg: FinetuneConfig, out: str | Path) -> dict:
     labels = list(splits.label_map.names)
     tokenizer = load_tokenizer_for(cfg)
     model = build_model(cfg, labels, tokenizer)
+    if splits.multi_label:
+        model.config.problem_type = multilabel.PROBLEM_TYPE  # sigmoid per label, BCE
     params = count_parameters(model)
     log.info(
         "finetune %s: %d parameters; %d train / %d dev / %d test rows; labels %s",
@@ -283,16 +298,18 @@ def run_finetune(cfg: FinetuneConfig, out: str | Path) -> dict:
         len(splits.test),
         labels,
     )
-    train_ds = tokenize_split(splits.train, splits.label_map, tokenizer, cfg.max_length)
-    dev_ds = tokenize_split(splits.dev, splits.label_map, tokenizer, cfg.max_length)
-    result = run_trainer(model, train_ds, dev_ds, cfg, out, labels, tokenizer=tokenizer)
+    train_ds, dev_ds = multilabel.training_inputs(cfg, splits, tokenizer)
+    hooks = multilabel.trainer_hooks(cfg, splits, "auto")  # loss_fn, compute_metrics
+    result = run_trainer(model, train_ds, dev_ds, cfg, out, labels, tokenizer=tokenizer, **hooks)
     if not main:  # rank 0 saves the model and scores the test split
         return {}
     best = result.model
     best.config.zhtune_max_length = cfg.max_length
     best.save_pretrained(out)  # safetensors
     tokenizer.save_pretrained(out)
-    write_manifest(out, "encoder", labels, base_model=cfg.model, max_length=cfg.max_length)
+    extra_manifest = multilabel.manifest_extra(cfg, splits.multi_label)
+    manifest = dict(base_model=cfg.model, max_length=cfg.max_length, **extra_manifest)
+    write_manifest(out, "encoder", labels, **manifest)
     evals = [r for r in result.history if r.get("kind") == "eval"]
     best_eval = next(
         (r for r in evals if result.best_checkpoint and r["step"] == _ckpt_step(result)),
@@ -301,7 +318,10 @@ def run_finetune(cfg: FinetuneConfig, out: str | Path) -> dict:
     result.model = None
     del model, best
     free_memory()
-    clf = Classifier.load(out)
+    if splits.multi_label:  # per-label thresholds from dev (or --threshold), in zhtune.json
+        clf = multilabel.tune_and_store(out, splits, cfg.threshold, cfg.eval_bs)
+    else:
+        clf = Classifier.load(out)
     extra = {
         "model": f"finetune:{Path(cfg.model).name or cfg.model}"
         + (" (scratch)" if cfg.from_scratch or cfg.scratch_model else ""),
@@ -334,23 +354,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_cli(ns: argparse.Namespace) -> int:
-    from zhtune.evaluation.metrics import format_table
+    from zhtune.evaluation.metrics import format_table, table_columns
 
     cfg = config_from_args(FinetuneConfig, ns)
     m = run_finetune(cfg, ns.out)
     print(
         format_table(
             [m],
-            [
-                ("model", "model"),
-                ("accuracy", "accuracy"),
-                ("macro_f1", "macro-F1"),
-                ("dev_macro_f1", "dev macro-F1"),
-                ("n", "test rows"),
-                ("steps", "steps"),
-                ("train_seconds", "train s"),
-                ("texts_per_second", "texts/s"),
-            ],
+            table_columns(
+                m,
+                [
+                    ("model", "model"),
+                    ("accuracy", "accuracy"),
+                    ("macro_f1", "macro-F1"),
+                    ("dev_macro_f1", "dev macro-F1"),
+                    ("n", "test rows"),
+                    ("steps", "steps"),
+                    ("train_seconds", "train s"),
+                    ("texts_per_second", "texts/s"),
+                ],
+            ),
         )
     )
     print(f"\nrun directory: {ns.out}")

@@ -29,6 +29,7 @@ from typing import Any
 
 from zhtune.config import add_config_args, arg, check, config_from_args, save_config
 from zhtune.data import DataConfig, load_splits
+from zhtune.data.multilabel import require_single_label
 from zhtune.finetune.augment import AugmentConfig, augment_splits
 from zhtune.llm.models import load_backend  # noqa: F401 - Classifier kinds lora-head, scoring
 from zhtune.llm.scoring import DEFAULT_TEMPLATE, SCORE_NORMS, WORD_AGGS, parse_label_words
@@ -102,6 +103,7 @@ class LlmConfig(AugmentConfig, TrainingConfig):
 # --- a run ---------------------------------------------------------------------------------
 def build_model(cfg: LlmConfig, labels: list[str], tokenizer: Any, splits: Any):
     """(model for the Trainer, train set, dev set, collator or None, extra manifest fields)."""
+    from zhtune.finetune import multilabel
     from zhtune.llm.models import (
         HeadOnlyModel,
         ScoringModel,
@@ -110,7 +112,7 @@ def build_model(cfg: LlmConfig, labels: list[str], tokenizer: Any, splits: Any):
         load_base,
     )
     from zhtune.llm.scoring import LabelScorer, ScoringCollator, prompt_dataset, resolve_label_words
-    from zhtune.training.trainer import class_weight_tensor, seed_everything, tokenize_split
+    from zhtune.training.trainer import class_weight_tensor, seed_everything
 
     scorer = None
     if cfg.mode == "scoring":  # bad label words / template fail before the model loads
@@ -135,9 +137,10 @@ def build_model(cfg: LlmConfig, labels: list[str], tokenizer: Any, splits: Any):
             model = HeadOnlyModel(freeze_all_but_head(base, cfg.gradient_checkpointing))
         else:
             model = add_lora(base, "head", **lora)
-        train = tokenize_split(splits.train, lmap, tokenizer, cfg.max_length)
-        dev = tokenize_split(splits.dev, lmap, tokenizer, cfg.max_length)
-        return model, train, dev, None, {}
+        if splits.multi_label:  # one sigmoid per label, BCE (zhtune/finetune/multilabel.py)
+            base.config.problem_type = multilabel.PROBLEM_TYPE
+        train, dev = multilabel.training_inputs(cfg, splits, tokenizer)
+        return model, train, dev, None, ({"multi_label": True} if splits.multi_label else {})
     ids = splits.train.label_ids(lmap)
     weight = class_weight_tensor(cfg.class_weights, ids, len(labels))
     model = ScoringModel(add_lora(base, "scoring", **lora), scorer, weight)
@@ -193,6 +196,7 @@ def run_lora(cfg: LlmConfig, out: str | Path) -> dict:
     from zhtune.classifier import Classifier
     from zhtune.device import set_threads
     from zhtune.evaluation.scoring import write_test_outputs
+    from zhtune.finetune import multilabel
     from zhtune.llm.models import load_llm_tokenizer, model_ref
 
     set_threads()
@@ -202,6 +206,8 @@ def run_lora(cfg: LlmConfig, out: str | Path) -> dict:
     if main:
         save_config(cfg, out)
     splits = augment_splits(load_splits(cfg), cfg)  # train rows only
+    if cfg.mode == "scoring":
+        require_single_label(splits, "lora --mode scoring (label scoring)")
     if main:
         write_json(out / "data.json", splits.report)
     for w in splits.report["warnings"]:
@@ -229,7 +235,7 @@ def run_lora(cfg: LlmConfig, out: str | Path) -> dict:
         labels,
         tokenizer=tokenizer,
         data_collator=collator,
-        loss_fn="auto" if cfg.mode == "head" else None,
+        **multilabel.trainer_hooks(cfg, splits, "auto" if cfg.mode == "head" else None),
     )
     if not main:  # the other ranks are done once training is
         return {}
@@ -242,7 +248,10 @@ def run_lora(cfg: LlmConfig, out: str | Path) -> dict:
     result.model = None
     del model
     free_memory()
-    clf = Classifier.load(out)
+    if splits.multi_label:  # per-label thresholds from dev (or --threshold), in zhtune.json
+        clf = multilabel.tune_and_store(out, splits, cfg.threshold, cfg.eval_bs)
+    else:
+        clf = Classifier.load(out)
     name = f"{'qlora' if cfg.qlora else 'lora'}-{cfg.mode}"
     if cfg.freeze_base:
         name = "frozen-head" + ("-4bit" if cfg.qlora else "")

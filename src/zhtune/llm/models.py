@@ -475,9 +475,11 @@ class HeadBackend:
     def __init__(self, model: Any, tokenizer: Any, labels: list[str], max_length: int) -> None:
         self.model, self.tokenizer = model, tokenizer
         self.labels, self.max_length = labels, max_length
+        self.multi_label = False  # zhtune.json ``multi_label``: a sigmoid per label
 
     def predict_proba(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
-        return softmax(self.predict_logits(texts, batch_size))
+        out = self.predict_logits(texts, batch_size)
+        return 1 / (1 + np.exp(-out.astype(np.float64))) if self.multi_label else softmax(out)
 
     def predict_logits(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
         from zhtune.serving.encoder import encode_batches
@@ -538,9 +540,11 @@ def load_backend(path: Path | str, manifest: dict, **kw: Any) -> HeadBackend | S
     if kw.get("max_length"):
         manifest = {**manifest, "max_length": int(kw["max_length"])}
     if manifest["kind"] == "lora-head":
-        return HeadBackend(
+        head = HeadBackend(
             model, tok, list(manifest["labels"]), int(manifest.get("max_length", 128))
         )
+        head.multi_label = bool(manifest.get("multi_label"))
+        return head
     return ScoringBackend(model, scorer_from_manifest(tok, manifest))
 
 

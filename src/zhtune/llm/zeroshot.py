@@ -21,6 +21,7 @@ from pathlib import Path
 
 from zhtune.config import add_config_args, arg, check, config_from_args, save_config
 from zhtune.data import DataConfig, load_splits
+from zhtune.data.multilabel import require_single_label
 from zhtune.errors import ConfigError, DataError
 from zhtune.llm.scoring import DEFAULT_TEMPLATE, SCORE_NORMS, WORD_AGGS, parse_label_words
 from zhtune.llm.scoring import parse_template as _parse_template
@@ -119,6 +120,7 @@ def run_zero_shot(cfg: ZeroShotConfig, out: str | Path) -> dict:
     out = prepare_out_dir(out)
     save_config(cfg, out)
     splits = zero_shot_splits(cfg)
+    require_single_label(splits, "zero-shot (label scoring)")
     write_json(out / "data.json", splits.report)
     labels = list(splits.label_map.names)
     words = resolve_label_words(labels, cfg.label_words)

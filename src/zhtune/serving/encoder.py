@@ -115,6 +115,11 @@ class EncoderBackend:
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.int8 = int8
+        # long documents (zhtune.json ``long_text``): truncate | head-tail | chunks
+        self.long_text, self.stride, self.pool = "truncate", 0, "mean"
+        self.multi_label = (
+            getattr(model.config, "problem_type", None) == "multi_label_classification"
+        )
         id2label = model.config.id2label
         self.labels = [str(id2label[i]) for i in range(len(id2label))]
         self.input_names = model_input_names(model, tokenizer)
@@ -189,6 +194,10 @@ class EncoderBackend:
     def predict_logits(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
         import torch
 
+        if self.long_text != "truncate":
+            from zhtune.finetune.longtext import predict_logits
+
+            return predict_logits(self, texts, batch_size)
         out = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
         with torch.inference_mode():
             for idx, feed in encode_batches(
@@ -199,7 +208,10 @@ class EncoderBackend:
         return out
 
     def predict_proba(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
-        return softmax(self.predict_logits(texts, batch_size))
+        logits = self.predict_logits(texts, batch_size)
+        if self.multi_label:  # independent probabilities, one sigmoid per label
+            return 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64)))
+        return softmax(logits)
 
 
 def _device(spec: object, int8: bool = False):
@@ -219,6 +231,9 @@ def load_backend(path: Path | str, manifest: dict, **kw: object) -> EncoderBacke
     if kw.get("max_length") is None and manifest.get("max_length"):
         kw["max_length"] = int(manifest["max_length"])
     backend = EncoderBackend.load(path, **kw)  # type: ignore[arg-type]
+    long = manifest.get("long_text") or {}
+    backend.long_text = str(long.get("strategy", "truncate"))
+    backend.stride, backend.pool = int(long.get("stride", 0)), str(long.get("pool", "mean"))
     labels = manifest.get("labels")
     if labels and [str(x) for x in labels] != backend.labels:
         raise ModelLoadError(

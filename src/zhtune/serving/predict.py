@@ -163,7 +163,10 @@ def bar(p: float, width: int = 20) -> str:
 
 def format_prediction(text: str, pred: dict) -> str:
     short = text if len(text) <= 40 else text[:39] + "…"
-    lines = [f"{short}\n  → {pred['label']} ({pred['confidence']:.3f})"]
+    if "labels" in pred:  # multi-label: the label set, then every independent probability
+        lines = [f"{short}\n  → {', '.join(pred['labels']) or '(no label)'}"]
+    else:
+        lines = [f"{short}\n  → {pred['label']} ({pred['confidence']:.3f})"]
     for name, p in sorted(pred["probs"].items(), key=lambda kv: -kv[1]):
         lines.append(f"    {name:<12} {bar(p)} {p:.3f}")
     return "\n".join(lines)

@@ -286,8 +286,9 @@ def _add_classify_route(app: "FastAPI", state: AppState, err: ErrDoc) -> None:
         )
 
     class Prediction(BaseModel):
-        label: str
-        confidence: float
+        label: str | None = None  # single-label models
+        confidence: float | None = None
+        labels: list[str] | None = None  # multi-label models: the predicted label set
         probs: dict[str, float]
         truncated: bool
 

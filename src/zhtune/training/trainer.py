@@ -426,6 +426,7 @@ def run_trainer(
     data_collator: Any = None,
     callbacks: Sequence[Any] = (),
     loss_fn: Callable | None | str = "auto",
+    compute_metrics: Callable | None = None,
 ) -> TrainResult:
     """Train ``model`` with the Trainer; return it with the best dev checkpoint loaded.
 
@@ -462,7 +463,7 @@ def run_trainer(
         train_dataset=train_ds,
         eval_dataset=dev_ds,
         data_collator=data_collator,
-        compute_metrics=make_compute_metrics(labels),
+        compute_metrics=compute_metrics or make_compute_metrics(labels),
         compute_loss_func=loss_fn,
         callbacks=cbs,
     )
