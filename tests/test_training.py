@@ -171,3 +171,15 @@ def test_fresh_start_keeps_an_earlier_runs_checkpoints_unless_overwrite(tmp_path
     assert (tmp_path / "checkpoints" / "checkpoint-4").is_dir()  # nothing deleted
     assert _prepare_resume(replace(cfg, overwrite=True), tmp_path) is None
     assert not any((tmp_path / "checkpoints").iterdir())
+
+
+def test_training_text_with_special_token_strings_stays_text():
+    """A training text containing "[SEP]" must not end the sequence early (issue 13, 8)."""
+    from zhtune.data import LabelMap, Split
+    from zhtune.text import load_tokenizer
+    from zhtune.training.trainer import tokenize_split
+
+    tok = load_tokenizer()
+    split = Split(texts=["好[SEP]坏"], labels=["positive"])
+    ids = tokenize_split(split, LabelMap(("negative", "positive")), tok, 32)["input_ids"][0]
+    assert ids.count(tok.sep_token_id) == 1 and ids[-1] == tok.sep_token_id

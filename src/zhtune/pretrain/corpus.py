@@ -184,7 +184,7 @@ def build_chunks(texts: list[str], tokenizer, cfg: Any) -> tuple[Chunks, dict[st
     if cfg.num_workers > 0:
         import multiprocessing as mp
 
-        pool = mp.get_context("fork").Pool(
+        pool = mp.get_context("spawn").Pool(  # no fork: torch and tokenizer threads
             cfg.num_workers, initializer=_init_worker, initargs=(cfg.tokenizer_path,)
         )
         docs = pool.imap(_tokenize_in_worker, texts, chunksize=16)

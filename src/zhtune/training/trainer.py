@@ -204,7 +204,8 @@ def tokenize_split(split: Split, label_map: LabelMap, tokenizer: Any, max_length
     """A ``datasets.Dataset`` of token ids (unpadded), ``labels`` and ``length``."""
     import datasets
 
-    enc = tokenizer(split.texts, truncation=True, max_length=max_length)
+    # user text is text: "[SEP]" or "<|endoftext|>" inside it are not special tokens
+    enc = tokenizer(split.texts, truncation=True, max_length=max_length, split_special_tokens=True)
     cols = {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
     cols["labels"] = split.label_ids(label_map)
     cols["length"] = [len(x) for x in enc["input_ids"]]
