@@ -137,12 +137,17 @@ MODULE_COMMANDS: dict[str, tuple[str, str]] = {
     "merge": ("zhtune.llm.merge", "merge a LoRA adapter into its base model"),
     "evaluate": ("zhtune.evaluation.evaluate", "metrics, calibration and robustness of any model"),
     "compare": ("zhtune.evaluation.compare", "score several models on the same rows; HTML report"),
+    "explain": (
+        "zhtune.evaluation.explain",
+        "word attributions: integrated gradients or occlusion",
+    ),
     "export": (
         "zhtune.serving.export",
         "export a model to ONNX (optionally int8) and check parity",
     ),
     "serve": ("zhtune.serving.server", "HTTP API and web page for a model (FastAPI + uvicorn)"),
     "runs": ("zhtune.training.runs_cli", "list the runs in a directory"),
+    "monitor": ("zhtune.serving.monitor", "drift of logged predictions against a reference run"),
     "tune": ("zhtune.tune", "hyperparameter search with Optuna"),
 }
 
