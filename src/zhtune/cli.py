@@ -96,11 +96,29 @@ def _add_data(p: argparse.ArgumentParser) -> None:
     from zhtune.data import DataConfig
 
     add_config_args(p, DataConfig)
+    g = p.add_argument_group("label errors (cleanlab)")
+    g.add_argument(
+        "--find-label-errors", action="store_true", help="rank likely mislabelled training rows"
+    )
+    g.add_argument("--model", help="use this run's probabilities instead of 5-fold TF-IDF")
+    g.add_argument("--folds", type=int, default=5, help="cross-validation folds (default: 5)")
+    g.add_argument("--out", help="with --find-label-errors: directory for label_issues.csv")
 
 
 def _run_data(ns: argparse.Namespace) -> int:
     from zhtune.data import DataConfig, load_splits
 
+    if ns.find_label_errors:
+        from zhtune.classifier import Classifier
+        from zhtune.data.label_errors import run_find_label_errors
+
+        if not ns.out:
+            raise ZhtuneError("--find-label-errors needs --out DIR")
+        clf = Classifier.load(ns.model) if ns.model else None
+        probs = (clf.predict_proba, clf.labels) if clf else None
+        summary = run_find_label_errors(config_from_args(DataConfig, ns), ns.out, probs, ns.folds)
+        print(json.dumps(summary, ensure_ascii=False, indent=2))
+        return 0
     splits = load_splits(config_from_args(DataConfig, ns))
     print(json.dumps(splits.report, ensure_ascii=False, indent=2))
     return 0

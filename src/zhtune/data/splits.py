@@ -53,6 +53,10 @@ class DataConfig:
     max_eval_samples: int | None = arg(
         None, "use at most this many dev and test rows each (stratified sample)"
     )
+    drop_label_errors: str | None = arg(
+        None,
+        "label_issues.csv from `zhtune data --find-label-errors`: leave those rows out of train",
+    )
 
     def __post_init__(self) -> None:
         validate_choices(self)
@@ -208,6 +212,12 @@ def load_splits(cfg: DataConfig) -> Splits:
     train = _subsample(train, cfg.max_train_samples, cfg.seed)
     dev = _subsample(dev, cfg.max_eval_samples, cfg.seed)
     test = _subsample(test, cfg.max_eval_samples, cfg.seed)
+    dropped = 0
+    if cfg.drop_label_errors:
+        from zhtune.data.label_errors import drop_flagged
+
+        keep, dropped = drop_flagged(train.texts, train.labels, cfg.drop_label_errors)
+        train = Split([train.texts[i] for i in keep], [train.labels[i] for i in keep])
     missing = [n for n in label_map.names if n not in set(train.labels)]
     if missing:
         raise DataError(f"class(es) {missing} have no training rows")
@@ -221,6 +231,11 @@ def load_splits(cfg: DataConfig) -> Splits:
         },
         "duplicate_texts_in_train": len(train) - len(train_set),
         "test_texts_also_in_train": sum(t in train_set for t in test.texts),
+        **(
+            {"label_errors_dropped": dropped, "label_errors_file": cfg.drop_label_errors}
+            if cfg.drop_label_errors
+            else {}
+        ),
         **bad.summary(),
     }
     if report["duplicate_texts_in_train"]:
