@@ -54,6 +54,10 @@ class ServeSettings:
     int8: bool = False
     calibrated: bool = False
     allow_pickle: bool = False  # trusted .bin weights (torch.load weights_only=True)
+    log_predictions: str | None = None  # JSONL of every answer (serving/monitor.py)
+    log_text: str = "hash"  # hash | full | none
+    log_max_bytes: int = 50_000_000  # rotate the log past this size
+    log_backups: int = 5  # rotated files kept
 
     def check(self) -> None:
         """Raise :class:`ZhtuneError` for a limit out of range."""
@@ -88,6 +92,7 @@ class AppState:
     batcher: Batcher | None = None
     error: ZhtuneError | str | None = None
     server: Any = None
+    predictions: Any = None  # monitor.PredictionLogger: label/confidence metrics, the log
 
     def activate(self, clf: Any) -> None:
         """Start the micro-batcher on ``clf``; from now on the app is healthy."""
@@ -136,6 +141,9 @@ def create_app(settings: ServeSettings, classifier: Any = None) -> Guard:
 
     settings.check()
     state = AppState(settings, Metrics())
+    from zhtune.serving.monitor import logger_for
+
+    state.predictions = logger_for(settings, state.metrics.registry)
     err = _error_doc()
     common_errors: dict[int | str, dict[str, Any]] = {}
     if settings.api_key:
@@ -304,6 +312,7 @@ def _add_classify_route(app: "FastAPI", state: AppState, err: ErrDoc) -> None:
                 429, "queue_full", f"server busy ({e}); retry later", retry_after=1
             ) from None
         probs = await asyncio.wrap_future(future)
+        state.predictions.record(texts, clf.labels, probs)
         results = [
             Prediction.model_validate({**p, "truncated": c})
             for p, c in zip(clf.format(probs), cut, strict=True)
@@ -464,6 +473,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="inference threads (default: the cores other processes leave free)",
     )
     p.add_argument("--access-log", action="store_true", help="log every request")
+    from zhtune.serving.monitor import add_serve_arguments
+
+    add_serve_arguments(p, d)
     p.add_argument(
         "--graceful-timeout",
         type=float,
