@@ -251,7 +251,7 @@ def compare(ref: Answers, cur: Answers, names: list[str], t: Thresholds) -> dict
     ks_len = ks_2samp(cur.chars, ref.chars)
     low_ref = float(np.mean(ref.confidence < t.low_confidence))
     low_cur = float(np.mean(cur.confidence < t.low_confidence))
-    out = {
+    out: dict[str, Any] = {
         "n": len(cur),
         "label_shares": {n: round(float(x), 4) for n, x in zip(names, a, strict=True)},
         "psi": round(psi(e, a), 6),
