@@ -150,3 +150,33 @@ def test_bad_input_is_one_line(tmp_path: Path, capsys, toy: Classifier) -> None:
         main(["explain", "--model", str(tmp_path / "b"), "--text", "好评", "--method", "ig"]) == 2
     )
     assert "use --method occlusion" in capsys.readouterr().err
+
+
+def test_report_explains_the_most_confident_errors(tmp_path: Path, capsys) -> None:
+    from conftest import labelled_rows
+
+    flip = {"positive": "negative", "negative": "positive"}
+    test_rows = [
+        (t, flip[lab]) if i < 3 else (t, lab) for i, (t, lab) in enumerate(labelled_rows(1))
+    ]
+    data = [
+        "--train", str(write_csv(tmp_path / "train.csv", labelled_rows(3))),
+        "--dev", str(write_csv(tmp_path / "dev.csv", labelled_rows(1))),
+        "--test", str(write_csv(tmp_path / "test.csv", test_rows)),
+    ]  # fmt: skip
+    assert main(["baseline", *data, "--min-df", "1", "--out", str(tmp_path / "b")]) == 0
+    ev = tmp_path / "ev"
+    cmd = ["evaluate", "--model", str(tmp_path / "b"), *data, "--out", str(ev), "--no-robustness"]
+    assert main(cmd) == 0
+    assert (
+        main(["explain", "--model", str(tmp_path / "b"), "--errors", str(ev), "--top-errors", "2"])
+        == 0
+    )
+    rows = [json.loads(x) for x in (ev / "explanations.jsonl").read_text().splitlines()]
+    errors = [json.loads(x) for x in (ev / "errors.jsonl").read_text().splitlines()][:2]
+    assert [r["text"] for r in rows] == [e["text"] for e in errors]
+    assert all(r["label"] == e["label"] != r["gold"] for r, e in zip(rows, errors, strict=True))
+    page = (ev / "report.html").read_text(encoding="utf-8")
+    assert "why the most confident errors" in page and "background:rgba(" in page
+    assert main(["explain", "--model", str(tmp_path / "b"), "--errors", str(tmp_path)]) == 2
+    assert "no errors.jsonl" in capsys.readouterr().err

@@ -23,6 +23,7 @@ import argparse
 import json
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -255,12 +256,48 @@ def format_explanation(ex: Explanation, color: bool, top: int = 5) -> str:
     return "\n".join(lines)
 
 
+# --- the HTML report -----------------------------------------------------------------------
+def explain_errors(
+    clf: Any, eval_dir: str | Path, n: int = 5, method: str = "auto", unit: str = "word"
+) -> Path:
+    """Explain the ``n`` most confident errors of an evaluation (``errors.jsonl``) toward the
+    predicted label; write ``explanations.jsonl`` and rebuild its ``report.html``."""
+    from zhtune.evaluation.report import build_report
+    from zhtune.runs import write_jsonl
+
+    d = Path(eval_dir)
+    errors = d / "errors.jsonl"
+    if not errors.is_file():
+        raise ZhtuneError(f"{d}: no errors.jsonl (give a directory written by zhtune evaluate)")
+    rows = []
+    with errors.open(encoding="utf-8") as fh:
+        for no, line in enumerate(fh, start=1):
+            if len(rows) >= n:
+                break
+            try:
+                r = json.loads(line)
+                text, gold, label = r["text"], r["gold"], r["label"]
+            except (ValueError, KeyError, TypeError):
+                raise ZhtuneError(f"{errors}:{no}: not an errors.jsonl row") from None
+            ex = explain(clf, text, method, label, unit)
+            rows.append({**ex.to_dict(), "gold": gold})
+    write_jsonl(d / "explanations.jsonl", rows)
+    summary = json.loads((d / "summary.json").read_text(encoding="utf-8"))
+    return build_report([summary], d, title=f"zhtune evaluate: {summary.get('name', d.name)}")
+
+
 # --- CLI ----------------------------------------------------------------------------------
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="run directory or model directory")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--text", action="append", help="a text to explain (repeat for several)")
     src.add_argument("--file", help="texts to explain (.txt one a line, .csv/.tsv/.jsonl)")
+    src.add_argument(
+        "--errors",
+        metavar="EVAL_DIR",
+        help="explain the most confident errors of a `zhtune evaluate` directory; adds them "
+        "to its report.html",
+    )
     p.add_argument(
         "--method",
         default="auto",
@@ -281,6 +318,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--on-bad-row", default="error", choices=("error", "skip"), help="malformed rows of --file"
     )
     p.add_argument("--calibrated", action="store_true", help="apply the fitted temperature")
+    p.add_argument("--top-errors", type=int, default=5, help="with --errors: how many rows")
 
 
 def _texts(ns: argparse.Namespace) -> list[str]:
@@ -303,8 +341,12 @@ def run_cli(ns: argparse.Namespace) -> int:
 
     if ns.steps < 2:
         raise ZhtuneError(f"--steps must be at least 2, got {ns.steps}")
-    texts = _texts(ns)
+    texts = [] if ns.errors else _texts(ns)
     clf = Classifier.load(ns.model, calibrated=ns.calibrated)
+    if ns.errors:
+        report = explain_errors(clf, ns.errors, ns.top_errors, ns.method, ns.unit)
+        print(f"explanations of the {ns.top_errors} most confident errors added to {report}")
+        return 0
     if ns.method == "ig" and not supports_ig(clf):
         explain(clf, texts[0], "ig")  # raises the one-line error
     exs = [explain(clf, t, ns.method, ns.label, ns.unit, ns.steps) for t in texts]
