@@ -180,3 +180,33 @@ def test_report_explains_the_most_confident_errors(tmp_path: Path, capsys) -> No
     assert "why the most confident errors" in page and "background:rgba(" in page
     assert main(["explain", "--model", str(tmp_path / "b"), "--errors", str(tmp_path)]) == 2
     assert "no errors.jsonl" in capsys.readouterr().err
+
+
+def test_ig_on_a_decoder_head_is_complete() -> None:
+    """kind lora-head: a (tiny, random) Qwen2 sequence classifier behind HeadBackend."""
+    from transformers import Qwen2Config, Qwen2ForSequenceClassification
+
+    from zhtune.llm.models import HeadBackend
+    from zhtune.text import load_tokenizer
+
+    tok = load_tokenizer()
+    torch.manual_seed(0)
+    config = Qwen2Config(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        num_labels=2,
+        pad_token_id=tok.pad_token_id,
+    )
+    model = Qwen2ForSequenceClassification(config).eval()
+    clf = Classifier(HeadBackend(model, tok, ["negative", "positive"], 64), "lora-head", "qwen")
+    ex = explain(clf, "质量很好，物流也快", "auto", steps=64)
+    assert ex.method == "ig"
+    gap = ex.extra["logit"] - ex.extra["baseline_logit"]
+    total = sum(a["score"] for a in ex.attributions)
+    assert abs(total - gap) <= 0.05 * abs(gap) + 1e-3, (total, gap)
+    p = clf.predict_proba(["质量很好，物流也快"])[0]
+    assert ex.confidence == pytest.approx(float(p.max()), abs=1e-4)
