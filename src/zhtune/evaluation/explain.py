@@ -269,7 +269,7 @@ def explain_errors(
     errors = d / "errors.jsonl"
     if not errors.is_file():
         raise ZhtuneError(f"{d}: no errors.jsonl (give a directory written by zhtune evaluate)")
-    rows = []
+    rows: list[dict] = []
     with errors.open(encoding="utf-8") as fh:
         for no, line in enumerate(fh, start=1):
             if len(rows) >= n:
