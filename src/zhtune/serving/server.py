@@ -59,6 +59,10 @@ class ServeSettings:
     device: str = "auto"  # auto|cpu|cuda|cuda:N (zhtune.device)
     skip_verify: bool = False  # do not check the sha256 digests in zhtune.json
     read_timeout: float = 30.0  # seconds to wait for the next piece of a request body -> 408
+    log_predictions: str | None = None  # JSONL of every answer (serving/monitor.py)
+    log_text: str = "hash"  # hash | full | none
+    log_max_bytes: int = 50_000_000  # rotate the log past this size
+    log_backups: int = 5  # rotated files kept
 
     def check(self) -> None:
         """Raise :class:`ZhtuneError` for a limit out of range."""
@@ -95,6 +99,7 @@ class AppState:
     batcher: Batcher | None = None
     error: ZhtuneError | str | None = None
     server: Any = None
+    predictions: Any = None  # monitor.PredictionLogger: label/confidence metrics, the log
 
     def activate(self, clf: Any) -> None:
         """Start the micro-batcher on ``clf``; from now on the app is healthy."""
@@ -149,6 +154,9 @@ def create_app(settings: ServeSettings, classifier: Any = None) -> Guard:
 
     settings.check()
     state = AppState(settings, Metrics())
+    from zhtune.serving.monitor import logger_for
+
+    state.predictions = logger_for(settings, state.metrics.registry)
     err = _error_doc()
     common_errors: dict[int | str, dict[str, Any]] = {}
     if settings.api_key:
@@ -332,7 +340,9 @@ async def run_batch(state: AppState, texts: list[str]) -> tuple[Any, Any]:
         raise ApiError(
             429, "queue_full", f"server busy ({e}); retry later", retry_after=1
         ) from None
-    return clf, await asyncio.wrap_future(future)
+    probs = await asyncio.wrap_future(future)
+    state.predictions.record(texts, clf.labels, probs)  # --log-predictions, /metrics series
+    return clf, probs
 
 
 def checked_texts(
@@ -503,6 +513,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     add_device_arg(p)
     p.add_argument("--access-log", action="store_true", help="log every request")
+    from zhtune.serving.monitor import add_serve_arguments
+
+    add_serve_arguments(p, d)
     p.add_argument(
         "--graceful-timeout",
         type=float,
