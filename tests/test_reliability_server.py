@@ -84,7 +84,16 @@ def servers(tmp_path_factory) -> Iterator[dict[str, Server]]:
     root = tmp_path_factory.mktemp("server")
     model = tiny_bert_classifier(root / "model")
     s = {
-        "main": Server(model, root / "main.log", "--max-chars", "500"),
+        "main": Server(
+            model,
+            root / "main.log",
+            "--max-chars",
+            "500",
+            "--log-predictions",
+            str(root / "predictions.jsonl"),
+            "--log-text",
+            "hash",
+        ),
         "small": Server(
             model,
             root / "small.log",
@@ -400,8 +409,11 @@ def test_stalled_body_gets_408_and_frees_the_worker(servers) -> None:
 
 # --- a burst: 200 requests from 32 clients ----------------------------------------------------
 def test_burst_of_200_requests_from_32_clients(servers) -> None:
-    """No 5xx, every request answered, each with its own texts' predictions.
-    (Run without --log-predictions: that flag is not on this branch.)"""
+    """No 5xx, every request answered, each with its own texts' predictions, and (the main
+    server runs with --log-predictions) every logged line parses and no answer is missing."""
+    import hashlib
+    import json
+
     srv = servers["main"]
     texts = [
         f"第{i}条评论：质量很好，物流也快" if i % 2 else f"第{i}条：太差了" for i in range(200)
@@ -425,3 +437,9 @@ def test_burst_of_200_requests_from_32_clients(servers) -> None:
         got = results[i][1]["results"][0]["probs"]
         assert got == pytest.approx(alone["results"][i]["probs"], abs=1e-5)
     assert "Traceback" not in srv.log()
+    log = srv.log_path.parent / "predictions.jsonl"
+    records = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()]
+    logged = [r["text_sha256"] for r in records]
+    for i, text in enumerate(texts):  # logged once per answer (the first 8 were sent twice)
+        want = 2 if i < 8 else 1
+        assert logged.count(hashlib.sha256(text.encode("utf-8")).hexdigest()) == want, text
