@@ -217,3 +217,19 @@ class Classifier:
         t = time.perf_counter()
         self.predict_proba(list(texts), batch_size)
         return len(texts) / max(time.perf_counter() - t, 1e-9)
+
+
+def add_load_args(p: Any) -> None:
+    """``--allow-pickle`` and ``--skip-verify``: the :meth:`Classifier.load` options that every
+    command loading a model (predict, evaluate, serve) offers."""
+    p.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="allow a model whose weights are only .bin (pickle) files, if you trust them",
+    )
+    p.add_argument(
+        "--skip-verify",
+        action="store_true",
+        help="do not check the weight files against the sha256 digests in zhtune.json "
+        "(very large models; a warning is logged)",
+    )

@@ -72,17 +72,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="apply the temperature fitted by `zhtune evaluate`",
     )
-    p.add_argument(
-        "--skip-verify",
-        action="store_true",
-        help="do not check the weight files against the sha256 digests in zhtune.json "
-        "(very large models; a warning is logged)",
-    )
-    p.add_argument(
-        "--allow-pickle",
-        action="store_true",
-        help="allow a model whose weights are only .bin (pickle) files, if you trust them",
-    )
+    from zhtune.classifier import add_load_args
+
+    add_load_args(p)
     from zhtune.device import add_device_arg
 
     add_device_arg(p, "; --int8 and ONNX models run on CPU")

@@ -487,17 +487,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="texts per forward pass")
     p.add_argument("--int8", action="store_true", help="PyTorch dynamic int8 (encoder models)")
     p.add_argument("--calibrated", action="store_true", help="apply the fitted temperature")
-    p.add_argument(
-        "--allow-pickle",
-        action="store_true",
-        help="allow a model whose weights are only .bin (pickle) files, if you trust them",
-    )
-    p.add_argument(
-        "--skip-verify",
-        action="store_true",
-        help="do not check the weight files against the sha256 digests in zhtune.json "
-        "(very large models; a warning is logged)",
-    )
+    from zhtune.classifier import add_load_args
+
+    add_load_args(p)
     p.add_argument(
         "--read-timeout",
         type=float,
