@@ -160,7 +160,20 @@ def test_bert_encoder_and_class_weights_focal(tmp_path, sentiment_csv):
     assert config.model_type == "bert" and config.hidden_dropout_prob == 0.0
 
 
+def _live_models() -> set[int]:
+    import gc
+    import warnings
+
+    from transformers import PreTrainedModel
+
+    gc.collect()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return {id(o) for o in gc.get_objects() if isinstance(o, PreTrainedModel)}
+
+
 def test_from_scratch_model_none(tmp_path, sentiment_csv):
+    before = _live_models()  # models other tests in this process may still hold
     m = run_finetune(
         finetune_cfg(
             sentiment_csv,
@@ -177,15 +190,7 @@ def test_from_scratch_model_none(tmp_path, sentiment_csv):
     assert "scratch" in m["model"]
     assert list((tmp_path / "run" / "tensorboard").glob("events.*"))
     # the trainer and the model were freed: a next run in this process starts clean
-    import gc
-    import warnings
-
-    from transformers import PreTrainedModel
-
-    gc.collect()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        assert not [o for o in gc.get_objects() if isinstance(o, PreTrainedModel)]
+    assert not _live_models() - before
     assert Classifier.load(tmp_path / "run").labels == ["negative", "positive"]
 
 

@@ -101,7 +101,7 @@ def test_a_wall_clock_cap_stops_a_stage_and_says_so(tmp_path):
     assert main(["quickstart", "--out", str(out), *flags]) == 0
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     assert summary["pretrain"]["steps"] < 400
-    assert len(summary["warnings"]) == 1 and "time budget" in summary["warnings"][0]
+    assert len(summary["warnings"]) == 1 and "stopped early" in summary["warnings"][0]
     assert "Warning: pretraining" in (out / "summary.md").read_text(encoding="utf-8")
 
 

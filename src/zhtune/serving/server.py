@@ -219,6 +219,14 @@ def _error_doc() -> ErrDoc:
     return err
 
 
+def _allowed_methods(app: "FastAPI", path: str) -> str:
+    """Every method some route serves at ``path`` (the ``Allow`` header of a 405)."""
+    methods = {
+        m for r in app.routes if getattr(r, "path", None) == path for m in getattr(r, "methods", ())
+    }
+    return ", ".join(sorted(methods - {"HEAD"}))
+
+
 def _add_error_handlers(app: "FastAPI") -> None:
     """Every error, FastAPI's own included, answers with the JSON error body."""
     from fastapi import Request
@@ -256,8 +264,11 @@ def _add_error_handlers(app: "FastAPI") -> None:
             msg = f"the body is not valid JSON ({e.detail})"
             return JSONResponse(error_body(422, "invalid_json", msg), 422)
         code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code, "http_error")
+        headers = dict(e.headers or {})
+        if e.status_code == 405:  # GET / (page) and POST / (HF client) are two routes: list both
+            headers["allow"] = _allowed_methods(app, _req.url.path) or headers.get("allow", "")
         return JSONResponse(
-            error_body(e.status_code, code, str(e.detail)), e.status_code, headers=e.headers
+            error_body(e.status_code, code, str(e.detail)), e.status_code, headers=headers
         )
 
     @app.exception_handler(Exception)
@@ -543,6 +554,9 @@ def run_cli(ns: argparse.Namespace) -> int:
         access_log=ns.access_log,
         timeout_graceful_shutdown=ns.graceful_timeout,
         server_header=False,
+        # a header block that arrives in pieces may be up to 256 KiB (10,000 short headers
+        # pass whatever the TCP segmentation; a 1 MB header still gets 400)
+        h11_max_incomplete_event_size=256 * 1024,
     )
     server = uvicorn.Server(config)
     state = app.state
