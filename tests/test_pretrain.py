@@ -355,3 +355,15 @@ def test_deepspeed_and_fsdp_are_refused_for_pretraining(corpus, tmp_path, monkey
     monkeypatch.setenv(f"ACCELERATE_USE_{engine}", "true")  # what accelerate launch sets
     with pytest.raises(ConfigError, match="runs plain DDP"):
         run_pretrain(tiny(corpus), tmp_path)
+
+
+def test_fresh_start_keeps_an_earlier_runs_checkpoints_unless_overwrite(corpus, tmp_path):
+    from zhtune.errors import ConfigError
+
+    cfg = tiny(corpus, save_steps=2, max_steps=2, eval_ratio=0.0)
+    run_pretrain(cfg, tmp_path)
+    with pytest.raises(ConfigError, match="--overwrite"):
+        run_pretrain(replace(cfg, resume_from_checkpoint="none"), tmp_path)
+    assert [c.name for c in list_checkpoints(tmp_path / "checkpoints")] == ["step-00000002"]
+    run_pretrain(replace(cfg, resume_from_checkpoint="none", overwrite=True), tmp_path)
+    assert [c.name for c in list_checkpoints(tmp_path / "checkpoints")] == ["step-00000002"]

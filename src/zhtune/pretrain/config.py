@@ -98,6 +98,9 @@ class PretrainConfig:
         "auto",
         "auto: the newest complete checkpoint in OUT/checkpoints; none; or a checkpoint path",
     )
+    overwrite: bool = arg(
+        False, "with resume none: delete the complete checkpoints an earlier run left in out/"
+    )
     report_to: str = arg(
         "tensorboard", "training logs: out/tensorboard, MLflow (out/mlruns)", REPORT_TO
     )

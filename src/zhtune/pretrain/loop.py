@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from zhtune.config import save_config, to_dict
 from zhtune.device import autocast_context, bf16_supported, resolve_device  # noqa: F401
-from zhtune.errors import ZhtuneError
+from zhtune.errors import ConfigError, ZhtuneError
 from zhtune.pretrain import distributed as ddp
 from zhtune.pretrain.config import RESUME_MUST_MATCH, PretrainConfig  # noqa: F401
 from zhtune.pretrain.model import (  # noqa: F401  (re-exported: the names tests and benchmarks use)
@@ -242,6 +242,22 @@ def _setup(cfg: PretrainConfig, out: str | Path) -> PretrainRun:
     )  # fmt: skip
 
 
+def _fresh_start(cfg: PretrainConfig, ckpt_dir: Path) -> None:
+    """Never delete or mix with an earlier run's complete checkpoints unless ``overwrite``."""
+    from zhtune.training.checkpoints import list_checkpoints, remove_stale_checkpoints
+    from zhtune.training.tracking import is_main_process
+
+    found = list_checkpoints(ckpt_dir)
+    if found and not cfg.overwrite:
+        raise ConfigError(
+            f"{ckpt_dir} holds {len(found)} complete checkpoint(s) of an earlier run (newest "
+            f"{found[-1].name}); resume with --resume-from-checkpoint auto, use another --out, "
+            "or pass --overwrite to delete them"
+        )
+    if found and is_main_process():
+        remove_stale_checkpoints(ckpt_dir)
+
+
 def _resume(run: PretrainRun) -> PretrainState:
     """A fresh state, or the checkpoint's: model, optimizer, scheduler and random states are
     restored in place on every rank (``resume_from_checkpoint``: auto, none or a path)."""
@@ -250,6 +266,7 @@ def _resume(run: PretrainRun) -> PretrainState:
     cfg = run.cfg
     ckpt = resolve_resume(cfg.resume_from_checkpoint, run.out / "checkpoints")
     if ckpt is None:
+        _fresh_start(cfg, run.out / "checkpoints")
         return PretrainState()
     check_resumable(ckpt, to_dict(cfg), run.report["corpus_key"], RESUME_MUST_MATCH)
     rng, saved = load_checkpoint(ckpt, run.model, run.optimizer, run.scheduler)
