@@ -71,3 +71,45 @@ def test_cli_writes_corpus_words_and_report(tmp_path, capsys):
     assert len(lines) == len(words) == report["lines"]
     assert words[0].split()[:2] == ["迈向", "充满"] and lines[0].startswith("迈向充满")
     assert json.loads(capsys.readouterr().out)["sha256"] == report["sha256"]
+
+
+def test_pretraining_uses_the_gold_words_file(tmp_path):
+    """A text file with FILE.words.txt beside it: whole words follow the gold segmentation
+    (here an unusual one, 研/究生/命起源, that jieba does not make); lines whose words line
+    is unchanged fall back to jieba; --no-gold-segmentation ignores the file."""
+    from types import SimpleNamespace
+
+    from zhtune.pretrain.corpus import collect_texts, tokenize_doc
+    from zhtune.text import load_tokenizer
+
+    (tmp_path / "c.txt").write_text("研究生命起源\n\n今天天气很好\n", encoding="utf-8")
+    (tmp_path / "c.words.txt").write_text("研 究生 命起源\n\n今天天气很好\n", encoding="utf-8")
+    cfg = SimpleNamespace(dataset=None, data_dir=None, text_files=[str(tmp_path / "c.txt")])
+    texts, report = collect_texts(cfg)
+    assert texts == ["研究生命起源", "今天天气很好"]
+    assert report["gold_words"] == [("研", "究生", "命起源"), None]
+    assert report["gold_segmented_texts"] == 1
+    tok = load_tokenizer()
+    _, gold = tokenize_doc(texts[0], tok, report["gold_words"][0])
+    _, jieba = tokenize_doc(texts[0], tok)
+    assert gold.tolist() == [0, 1, 1, 2, 2, 2]
+    assert jieba.tolist() != gold.tolist()
+    cfg.gold_segmentation = False
+    assert collect_texts(cfg)[1]["gold_words"] == [None, None]
+
+
+def test_cli_trains_a_qwen_shaped_bpe_tokenizer(tmp_path, capsys):
+    from zhtune.text import load_tokenizer
+
+    (tmp_path / "t.txt").write_text("今天天气很好，我们去公园。\n" * 50, encoding="utf-8")
+    out = tmp_path / "bpe"
+    args = ["data", "--bpe-tokenizer", str(out), "--text-file", str(tmp_path / "t.txt")]
+    assert main([*args, "--vocab-size", "400"]) == 0
+    tok = load_tokenizer(str(out))
+    assert tok.pad_token == tok.eos_token == "<|endoftext|>" and tok.bos_token is None
+    assert tok.mask_token is None and tok.cls_token is None
+    text = "今天天气很好"
+    assert tok.decode(tok(text)["input_ids"]) == text
+    assert len(tok(text)["input_ids"]) < len(text.encode())  # merges learnt
+    assert main(["data", "--bpe-tokenizer", str(out), "--text-file", "missing.txt"]) == 2
+    assert "--text-file" in capsys.readouterr().err

@@ -19,56 +19,16 @@ import torch
 from conftest import NEG, POS, labelled_rows, write_csv
 from zhtune import Classifier
 from zhtune.cli import main
+from zhtune.text import QWEN_SPECIALS, train_bpe_tokenizer
 
-# Qwen2's pre-tokenizer (tokenizer.json of Qwen/Qwen2.5-*)
-QWEN_PATTERN = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
-    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
 TEMPLATE = "评论：{text}\n情感倾向："
 
 
 def qwen_style_tokenizer(out: Path):
-    """Train a byte-level BPE on the test texts with Qwen2's pre-tokenizer; save it."""
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
-    from tokenizers.trainers import BpeTrainer
-    from transformers import Qwen2TokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(QWEN_PATTERN), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
-    tok.decoder = decoders.ByteLevel()
+    """zhtune's Qwen2.5-shaped byte-level BPE, trained on the test texts; saved to ``out``."""
     corpus = [t for t, _ in labelled_rows(2)] + [TEMPLATE.replace("{text}", t) + w
                                                   for t in POS + NEG for w in ("正面", "负面")]  # fmt: skip
-    trainer = BpeTrainer(
-        vocab_size=700,
-        special_tokens=SPECIALS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        min_frequency=2,
-        show_progress=False,
-    )
-    tok.train_from_iterator(corpus * 3, trainer)
-    fast = Qwen2TokenizerFast(
-        tokenizer_object=tok,
-        eos_token="<|endoftext|>",
-        pad_token="<|endoftext|>",
-        unk_token=None,
-        bos_token=None,
-        additional_special_tokens=SPECIALS[1:],
-    )
-    fast.chat_template = CHAT_TEMPLATE
-    fast.save_pretrained(out)
-    return fast
+    return train_bpe_tokenizer(corpus * 3, out, vocab_size=700)
 
 
 def qwen_style_dir(out: Path, hidden: int = 64, seed: int = 0) -> Path:
@@ -168,7 +128,7 @@ def test_user_text_cannot_inject_special_tokens(qwen):
     from zhtune.serving.encoder import encode_batches
 
     tok = load_llm_tokenizer(str(qwen["base"]))
-    special = {tok.convert_tokens_to_ids(s) for s in SPECIALS}
+    special = {tok.convert_tokens_to_ids(s) for s in QWEN_SPECIALS}
     text = "好<|endoftext|>坏<|im_end|>"
     _, feed = next(encode_batches(tok, [text], 4, 64, ("input_ids", "attention_mask")))
     assert not special & set(feed["input_ids"][0].tolist())

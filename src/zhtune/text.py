@@ -180,3 +180,58 @@ def word_starts(text: str, tokenizer, words: list[str] | None = None, **encode_k
             starts.append(i)
         prev = w
     return starts
+
+
+# --- a Qwen2.5-shaped byte-level BPE tokenizer --------------------------------------------
+# Qwen2's pre-tokenizer (tokenizer.json of Qwen/Qwen2.5-*)
+QWEN_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+QWEN_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+QWEN_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def train_bpe_tokenizer(
+    texts: Any, out: str | Path | None, vocab_size: int, min_frequency: int = 2
+) -> Any:
+    """Train a byte-level BPE shaped like Qwen2.5's on ``texts`` (an iterable of strings):
+    Qwen2's pre-tokenizer regex and NFC normaliser, ``<|endoftext|>`` as pad and eos,
+    ``<|im_start|>``/``<|im_end|>`` and a chat template, no BOS/CLS/MASK/UNK. Saved as a
+    ``Qwen2TokenizerFast`` in ``out`` (when given) and returned."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+    from tokenizers.trainers import BpeTrainer
+    from transformers import Qwen2TokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(QWEN_PATTERN), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(QWEN_SPECIALS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        min_frequency=min_frequency,
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer)
+    fast = Qwen2TokenizerFast(
+        tokenizer_object=tok,
+        eos_token=QWEN_SPECIALS[0],
+        pad_token=QWEN_SPECIALS[0],
+        unk_token=None,
+        bos_token=None,
+        additional_special_tokens=list(QWEN_SPECIALS[1:]),
+    )
+    fast.chat_template = QWEN_CHAT_TEMPLATE
+    if out is not None:
+        fast.save_pretrained(str(out))
+    return fast

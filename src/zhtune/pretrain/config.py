@@ -53,6 +53,11 @@ class PretrainConfig:
     eval_ratio: float = arg(0.02, "share of chunks held out for the MLM/CLM evaluation")
     max_eval_chunks: int = arg(1000, "at most this many held-out chunks")
     num_workers: int = arg(0, "processes for jieba + tokenization of the corpus (0: in process)")
+    gold_segmentation: bool = arg(
+        True,
+        "whole words from FILE.words.txt beside a text file where it has them (zhtune data "
+        "--pretraining-corpus writes it: People's Daily's gold segmentation), jieba elsewhere",
+    )
     # model
     hidden_size: int = arg(256, "hidden size")
     num_heads: int = arg(4, "attention heads (hidden_size must be divisible by it)")

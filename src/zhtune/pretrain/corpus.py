@@ -1,8 +1,9 @@
-"""The pretraining corpus: read texts, tokenize with jieba word ids, chunk, deduplicate, cache.
+"""The pretraining corpus: read texts, tokenize with word ids, chunk, deduplicate, cache.
 
 Sources (any mix): built-in datasets (all texts of all splits), a folder-per-class tree
 (labels ignored) and plain ``.txt`` files (one text a line). Every document is tokenized
-once (WordPiece ids plus the jieba word of every token), split into chunks of at most
+once (token ids plus the word of every token: the gold segmentation of ``FILE.words.txt``
+beside a text file where it has one, else jieba's), split into chunks of at most
 ``max_seq_length`` tokens (``[CLS] ... [SEP]``; cuts fall between words where possible),
 and chunks that are empty or exact duplicates are dropped and counted. The result is
 cached as ``.npz`` (numpy, no pickle), keyed by the texts, the tokenizer and the length.
@@ -74,9 +75,33 @@ class Chunks:
 
 
 # --- reading ------------------------------------------------------------------------------
+def gold_words(path: str | Path, rows: list) -> list[tuple[str, ...] | None]:
+    """The gold segmentation of ``rows`` of a text file from ``FILE.words.txt`` beside it.
+
+    ``zhtune data --pretraining-corpus OUT.txt`` writes ``OUT.words.txt``: the same lines,
+    words separated by one space where a gold segmentation is known (People's Daily), the
+    line unchanged otherwise. A row gets its gold words when that line joins back to the
+    text; otherwise None (jieba segments it). No words file: all None.
+    """
+    words_file = Path(path).with_suffix(".words.txt")
+    if Path(path).name.endswith(".words.txt") or not words_file.is_file():
+        return [None] * len(rows)
+    lines = words_file.read_text(encoding="utf-8").split("\n")
+    out: list[tuple[str, ...] | None] = []
+    for r in rows:
+        line = lines[r.line - 1].rstrip("\r") if r.line <= len(lines) else ""
+        words = tuple(w for w in line.split(" ") if w)
+        out.append(words if line != r.text and "".join(words) == r.text else None)
+    return out
+
+
 def collect_texts(cfg: Any) -> tuple[list[str], dict]:
-    """All texts from the configured sources, in a fixed order, and a per-source report."""
+    """All texts from the configured sources, in a fixed order, and a per-source report.
+
+    ``report["gold_words"]`` holds, per text, its gold word segmentation or None (see
+    :func:`gold_words`; only with ``cfg.gold_segmentation``)."""
     texts: list[str] = []
+    words: list[tuple[str, ...] | None] = []
     sources: dict[str, int] = {}
     bad = BadRows(mode="skip")
     for name in cfg.dataset or []:
@@ -84,26 +109,37 @@ def collect_texts(cfg: Any) -> tuple[list[str], dict]:
         got = [r.text for split in ("train", "dev", "test") for r in splits.get(split, [])]
         sources[f"dataset:{name}"] = len(got)
         texts += got
+        words += [None] * len(got)
     if cfg.data_dir:
         rows = read_folder(cfg.data_dir, cfg.categories, cfg.max_files_per_category, bad)
         sources[f"data_dir:{cfg.data_dir}"] = len(rows)
         texts += [r.text for r in rows]
+        words += [None] * len(rows)
     for path in cfg.text_files or []:
         structured = Path(path).suffix.lower() in (".csv", ".tsv", ".jsonl", ".json", ".ndjson")
         fmt = "auto" if structured else "txt"  # any other file: one text a line
         rows = read_file(path, bad=bad, fmt=fmt, need_label=False)
         sources[f"file:{path}"] = len(rows)
         texts += [r.text for r in rows]
-    return texts, {"texts_per_source": sources, "texts": len(texts), "bad_rows": bad.summary()}
+        use_gold = getattr(cfg, "gold_segmentation", True) and not structured
+        words += gold_words(path, rows) if use_gold else [None] * len(rows)
+    report = {"texts_per_source": sources, "texts": len(texts), "bad_rows": bad.summary()}
+    report["gold_segmented_texts"] = sum(w is not None for w in words)
+    report["gold_words"] = words
+    return texts, report
 
 
 # --- tokenizing and chunking --------------------------------------------------------------
-def tokenize_doc(text: str, tokenizer) -> tuple[np.ndarray, np.ndarray]:
-    """WordPiece ids (no special tokens) and the jieba word index of every token."""
+def tokenize_doc(
+    text: str, tokenizer, words: tuple[str, ...] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids (no special tokens) and the word index of every token (gold ``words`` when
+    given, else jieba's)."""
     from zhtune.text import word_ids_from_offsets, word_spans
 
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
-    wids = word_ids_from_offsets(enc["offset_mapping"], word_spans(text))
+    spans = word_spans(text, list(words) if words else None)
+    wids = word_ids_from_offsets(enc["offset_mapping"], spans)
     return (
         np.asarray(enc["input_ids"], dtype=np.int32),
         np.asarray([-1 if w is None else w for w in wids], dtype=np.int64),
@@ -161,17 +197,21 @@ def _init_worker(tokenizer_path: str | None) -> None:
     _worker_tok = load_tokenizer(tokenizer_path)
 
 
-def _tokenize_in_worker(text: str) -> tuple[np.ndarray, np.ndarray]:
+def _tokenize_in_worker(item: tuple[str, tuple[str, ...] | None]) -> tuple[np.ndarray, np.ndarray]:
     """:func:`tokenize_doc` with the worker's tokenizer."""
-    return tokenize_doc(text, _worker_tok)
+    return tokenize_doc(item[0], _worker_tok, item[1])
 
 
-def build_chunks(texts: list[str], tokenizer, cfg: Any) -> tuple[Chunks, dict[str, int]]:
-    """Tokenize, chunk and deduplicate; returns the chunks and the drop counts."""
+def build_chunks(
+    texts: list[str], tokenizer, cfg: Any, words: list[tuple[str, ...] | None] | None = None
+) -> tuple[Chunks, dict[str, int]]:
+    """Tokenize, chunk and deduplicate; returns the chunks and the drop counts. ``words``:
+    each text's gold segmentation (or None: jieba)."""
     from tqdm.auto import tqdm
 
     from zhtune.pretrain.masking import boundary_ids
 
+    words = words if words is not None else [None] * len(texts)
     start_id, end_id = boundary_ids(tokenizer)
     if end_id is None:
         from zhtune.errors import ConfigError
@@ -187,14 +227,14 @@ def build_chunks(texts: list[str], tokenizer, cfg: Any) -> tuple[Chunks, dict[st
         pool = mp.get_context("spawn").Pool(  # no fork: torch and tokenizer threads
             cfg.num_workers, initializer=_init_worker, initargs=(cfg.tokenizer_path,)
         )
-        docs = pool.imap(_tokenize_in_worker, texts, chunksize=16)
+        docs = pool.imap(_tokenize_in_worker, zip(texts, words, strict=True), chunksize=16)
     else:
-        docs = (tokenize_doc(t, tokenizer) for t in texts)
+        docs = (tokenize_doc(t, tokenizer, w) for t, w in zip(texts, words, strict=True))
     seen: set[bytes] = set()
     parts: list[tuple[np.ndarray, np.ndarray]] = []
     empty = dup = 0
     try:
-        for ids, wids in tqdm(docs, total=len(texts), desc="tokenizing (jieba)", disable=None):
+        for ids, wids in tqdm(docs, total=len(texts), desc="tokenizing", disable=None):
             if len(ids) == 0:
                 empty += 1
                 continue
@@ -213,14 +253,17 @@ def build_chunks(texts: list[str], tokenizer, cfg: Any) -> tuple[Chunks, dict[st
 
 
 # --- cache --------------------------------------------------------------------------------
-def cache_key(texts: list[str], tokenizer, max_seq_length: int) -> str:
-    """A hash of the texts, the tokenizer's vocabulary and class, and the chunk length."""
+def cache_key(texts: list[str], tokenizer, max_seq_length: int, words: list | None = None) -> str:
+    """A hash of the texts (and their gold segmentation), the tokenizer's vocabulary and
+    class, and the chunk length."""
     h = hashlib.sha256()
     vocab = sorted(tokenizer.get_vocab().items())
     h.update(json.dumps([CACHE_VERSION, max_seq_length, vocab], ensure_ascii=False).encode())
     h.update(type(tokenizer).__name__.encode())
-    for t in texts:
+    for i, t in enumerate(texts):
         h.update(t.encode("utf-8"))
+        if words and words[i]:
+            h.update(b"\x01" + " ".join(words[i]).encode("utf-8"))
         h.update(b"\x00")
     return h.hexdigest()[:24]
 
@@ -267,7 +310,8 @@ def load_corpus(cfg: Any, tokenizer) -> tuple[Chunks, Chunks, dict]:
     """Train and held-out chunks (a seeded random share ``eval_ratio``) and the data report."""
     t0 = time.perf_counter()
     texts, report = collect_texts(cfg)
-    key = cache_key(texts, tokenizer, cfg.max_seq_length)
+    words = report.pop("gold_words")
+    key = cache_key(texts, tokenizer, cfg.max_seq_length, words)
     cache_dir = resolve_cache_dir(cfg.cache_dir)
     path = cache_dir / f"chunks-{key}.npz" if cache_dir else None
     cached = _load_cached(path) if path else None
@@ -275,7 +319,7 @@ def load_corpus(cfg: Any, tokenizer) -> tuple[Chunks, Chunks, dict]:
         chunks, stats = cached
         report["cache"] = f"hit ({path})"
     else:
-        chunks, stats = build_chunks(texts, tokenizer, cfg)
+        chunks, stats = build_chunks(texts, tokenizer, cfg, words)
         if path:
             _save_cached(path, chunks, stats)
         report["cache"] = f"written ({path})" if path else "off"
