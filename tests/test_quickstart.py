@@ -7,6 +7,7 @@ import json
 import pytest
 
 import zhtune.quickstart as qs
+import zhtune.quickstart.config
 from zhtune.cli import main
 from zhtune.errors import ConfigError
 from zhtune.quickstart import QuickstartConfig, compare_to_baseline, stable_rows, summary_table
@@ -50,7 +51,14 @@ def test_tiny_quickstart_every_stage(tmp_path, capsys):
         "llm/lora-head",
         "llm/lora-scoring",
         "llm/zero-shot",
+        "ensemble",
+        "distill",
     ]
+    ens = json.loads((out / "ensemble" / "metrics.json").read_text(encoding="utf-8"))
+    assert "TF-IDF + fine-tuned + scratch + LoRA head + LoRA scoring" in summary["rows"][6]["model"]
+    assert len(ens["members"]) == 5
+    distill = json.loads((out / "distill" / "distill.json").read_text(encoding="utf-8"))
+    assert distill["teacher"]["accuracy"] == summary["rows"][6]["accuracy"]
     for r in summary["rows"]:
         assert 0 <= r["accuracy"] <= 1 and r["n"] == 60
         assert r["predicted_classes"] in (1, 2)
@@ -89,7 +97,7 @@ def test_two_tiny_runs_give_the_same_rows(tmp_path):
         out = tmp_path / f"qs{k}"
         assert main(["quickstart", "--out", str(out), *_flags(skip_compare=True)]) == 0
         rows.append(json.loads((out / "summary.json").read_text(encoding="utf-8"))["rows"])
-    assert len(rows[0]) == 6
+    assert len(rows[0]) == 8
     assert stable_rows(rows[0]) == stable_rows(rows[1])
 
 
@@ -118,10 +126,10 @@ def test_quickstart_stage_switches_and_errors(tmp_path):
 
 
 def test_auto_base_is_the_shipped_one_when_there_is_one(monkeypatch, tmp_path):
-    monkeypatch.setattr(qs, "builtin_models", lambda: {})
+    monkeypatch.setattr(qs.config, "builtin_models", lambda: {})
     assert QuickstartConfig().encoder_base() == "pretrain"
     assert QuickstartConfig().causal_base() == "pretrain"
-    monkeypatch.setattr(qs, "builtin_models", lambda: {qs.BUILTIN_ENCODER: tmp_path})
+    monkeypatch.setattr(qs.config, "builtin_models", lambda: {qs.BUILTIN_ENCODER: tmp_path})
     assert QuickstartConfig().encoder_base() == f"builtin:{qs.BUILTIN_ENCODER}"
     assert QuickstartConfig(base_model="some/dir").encoder_base() == "some/dir"
 

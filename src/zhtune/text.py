@@ -201,10 +201,10 @@ def train_bpe_tokenizer(
     """Train a byte-level BPE shaped like Qwen2.5's on ``texts`` (an iterable of strings):
     Qwen2's pre-tokenizer regex and NFC normaliser, ``<|endoftext|>`` as pad and eos,
     ``<|im_start|>``/``<|im_end|>`` and a chat template, no BOS/CLS/MASK/UNK. Saved as a
-    ``Qwen2TokenizerFast`` in ``out`` (when given) and returned."""
+    ``Qwen2Tokenizer`` (transformers 5: fast) in ``out`` (when given) and returned."""
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
     from tokenizers.trainers import BpeTrainer
-    from transformers import Qwen2TokenizerFast
+    from transformers import Qwen2Tokenizer  # transformers 5: the fast (tokenizers) one
 
     tok = Tokenizer(models.BPE())
     tok.normalizer = normalizers.NFC()
@@ -223,11 +223,11 @@ def train_bpe_tokenizer(
         show_progress=False,
     )
     tok.train_from_iterator(texts, trainer)
-    fast = Qwen2TokenizerFast(
+    fast = Qwen2Tokenizer(
         tokenizer_object=tok,
         eos_token=QWEN_SPECIALS[0],
         pad_token=QWEN_SPECIALS[0],
-        unk_token=None,
+        unk_token=None,  # type: ignore[arg-type]  # byte-level: no unknown token
         bos_token=None,
         additional_special_tokens=list(QWEN_SPECIALS[1:]),
     )

@@ -285,6 +285,7 @@ def run_llm_branch(
     max_train_samples: int | None = 2000,
     max_eval_samples: int | None = 500,
     epochs: float = 1.0,
+    overrides: dict[str, Any] | None = None,
 ) -> list[dict]:
     """Tiny causal LM -> LoRA head, LoRA scoring and zero-shot scoring; one row per model.
 
@@ -294,7 +295,8 @@ def run_llm_branch(
     first; an existing one there is reused. LoRA runs use at most ``max_train_samples``
     training and ``max_eval_samples`` dev/test rows. Each row is the run's ``metrics.json``:
     model, accuracy, macro_f1, train_seconds, model_bytes, texts_per_second, parameters,
-    pretrain_seconds, ..."""
+    pretrain_seconds, ... ``overrides``: LlmConfig fields for both LoRA runs (e.g.
+    ``learning_rate``, ``lora_r``, ``batch_size``)."""
 
     from zhtune.llm.zeroshot import ZeroShotConfig, run_zero_shot
 
@@ -312,6 +314,7 @@ def run_llm_branch(
     common: dict[str, Any] = dict(model=base_model, num_train_epochs=epochs, batch_size=16, learning_rate=2e-3,
                   max_length=96, eval_every=0.5, warmup_ratio=0.0, progress=False,
                   report_to="none", **data)  # fmt: skip
+    common.update(overrides or {})
     rows = []
     modes: tuple[tuple[str, dict[str, Any]], ...] = (
         ("lora-head", {"mode": "head"}),
