@@ -113,7 +113,6 @@ def qwen_chunks_run(tmp_path_factory):
     """A tiny Qwen2-shaped LM (byte-level BPE, no BOS/EOS added) trained with --long-text
     chunks by ``zhtune lora --mode head``, a few steps."""
     from test_real_path import qwen_style_dir
-
     from zhtune.cli import main
 
     root = tmp_path_factory.mktemp("lora-long")
