@@ -175,3 +175,64 @@ def test_compare_refuses_different_label_sets(tmp_path, data_csv, capsys):
     err = capsys.readouterr().err
     assert "different label sets" in err and "neg, neu, pos" in err
     assert not (out / "baseline").exists()  # refused before any work
+
+
+def test_compare_multi_label_runs_shows_the_multi_label_scores(tmp_path, capsys):
+    import shutil
+
+    from test_multilabel import toy_rows
+
+    train = write_csv(tmp_path / "ml.csv", toy_rows(126))
+    data = ["--train", str(train), "--multi-label", "true", *SPLIT]
+    run = tmp_path / "ml-run"
+    assert main(["-q", "baseline", *data, "--min-df", "1", "--out", str(run)]) == 0
+    shutil.copytree(run, tmp_path / "ml-copy")
+    out = tmp_path / "cmp"
+    rc = main(["-q", "compare", str(run), str(tmp_path / "ml-copy"), *data, "--out", str(out),
+               "--no-robustness"])  # fmt: skip
+    assert rc == 0
+    printed = capsys.readouterr().out
+    comp = json.loads((out / "comparison.json").read_text(encoding="utf-8"))
+    assert comp["multi_label"] is True and [r["name"] for r in comp["rows"]] == [
+        "ml-run",
+        "ml-copy",
+    ]  # a baseline among the runs: no other trained
+    keys = ("micro_f1", "macro_f1", "samples_f1", "hamming_loss", "subset_accuracy")
+    for r in comp["rows"]:
+        assert all(isinstance(r[k], float) for k in keys) and r["micro_f1"] > 0.9
+        assert "accuracy" not in r
+    assert comp["rows"][0]["micro_f1"] == comp["rows"][1]["micro_f1"]  # same model, same rows
+    md = (out / "comparison.md").read_text(encoding="utf-8")
+    for text in (md, printed):
+        header = next(x for x in text.splitlines() if x.startswith("| model |"))
+        cols = [c.strip() for c in header.strip("|").split("|")]
+        assert cols[:6] == ["model", "micro-F1", "macro-F1", "samples-F1", "subset acc", "hamming"]
+        assert "accuracy" not in cols and "ECE (T-scaled)" not in cols
+    assert "(multi-label)" in md and "micro-F1 over the perturbations" in md
+    assert (out / "report.html").is_file()
+
+
+def test_compare_refuses_single_and_multi_label_models_together(tmp_path, capsys):
+    from test_multilabel import WORDS, toy_rows
+
+    multi = write_csv(tmp_path / "ml.csv", toy_rows(126))
+    single = write_csv(tmp_path / "sl.csv", [r for r in toy_rows(126) if "|" not in r[1]])
+    runs = {}
+    for name, csv, flag in (("ml", multi, "true"), ("sl", single, "false")):
+        runs[name] = tmp_path / name
+        args = ["-q", "baseline", "--train", str(csv), "--multi-label", flag, "--min-df", "1"]
+        assert main([*args, *SPLIT, "--out", str(runs[name])]) == 0
+    assert Classifier.load(runs["sl"]).labels == Classifier.load(runs["ml"]).labels  # same set
+    assert sorted(WORDS) == sorted(Classifier.load(runs["sl"]).labels)
+    out = tmp_path / "cmp"
+    args = ["compare", str(runs["ml"]), str(runs["sl"]), "--train", str(multi)]
+    assert main([*args, "--multi-label", "true", *SPLIT, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    lines = [x for x in err.splitlines() if ": error: " in x]
+    assert len(lines) == 1 and "single-label models" in lines[0] and str(runs["sl"]) in lines[0]
+    assert str(runs["ml"]) + "," not in lines[0] and "Traceback" not in err
+    assert not (out / "models").exists()  # refused before any evaluation
+    # and the other way round: multi-label model on single-label data
+    args = ["compare", str(runs["sl"]), str(runs["ml"]), "--train", str(single)]
+    assert main([*args, "--multi-label", "false", *SPLIT, "--out", str(tmp_path / "c2")]) == 2
+    assert "multi-label models (" in capsys.readouterr().err

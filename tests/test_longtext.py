@@ -92,3 +92,97 @@ def test_chunks_beat_truncation_when_the_label_is_at_the_end(tmp_path):
     clf = Classifier.load(tmp_path / "chunks")  # the strategy comes from the model, no flag
     assert clf.backend.long_text == "chunks"
     assert clf.predict(long_docs(1, 5)[0][0])["label"] in ("positive", "negative")
+
+
+# --- LoRA head (decoder LLM): the same windows, no [CLS]/[SEP] -----------------------------
+def end_docs(n: int, seed: int) -> list[tuple[str, str]]:
+    """Neutral-ish filler from the reviews (both classes), then the sentence that decides."""
+    from conftest import NEG, POS
+
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = "positive" if i % 2 else "negative"
+        filler = "".join(rng.sample(POS[:4] + NEG[:4], 8))
+        rows.append((filler + rng.choice(POS[4:] if i % 2 else NEG[4:]), label))
+    return rows
+
+
+@pytest.fixture(scope="module")
+def qwen_chunks_run(tmp_path_factory):
+    """A tiny Qwen2-shaped LM (byte-level BPE, no BOS/EOS added) trained with --long-text
+    chunks by ``zhtune lora --mode head``, a few steps."""
+    from test_real_path import qwen_style_dir
+    from zhtune.cli import main
+
+    root = tmp_path_factory.mktemp("lora-long")
+    base = qwen_style_dir(root / "base")
+    train = write_csv(root / "train.csv", end_docs(16, 0))
+    args = ["lora", "--model", str(base), "--train", str(train), "--mode", "head",
+            "--long-text", "chunks", "--stride", "2", "--max-length", "8", "--max-steps", "2",
+            "--eval-every", "2", "--batch-size", "8", "--lora-r", "2", "--lora-alpha", "4",
+            "--dev-ratio", "0.25", "--test-ratio", "0.25", "--progress", "false",
+            "--report-to", "none", "--warmup-ratio", "0", "--out", str(root / "run")]  # fmt: skip
+    assert main(args) == 0
+    return root / "run"
+
+
+def test_decoder_windows_are_plain_token_windows(qwen_chunks_run):
+    from zhtune.finetune.longtext import specials
+    from zhtune.llm.models import load_llm_tokenizer
+
+    qtok = load_llm_tokenizer(str(qwen_chunks_run))
+    assert type(qtok).__name__.startswith("Qwen2") and specials(qtok) == ([], [])
+    assert specials(load_tokenizer(None)) == ([101], [102])  # BERT vocab: [CLS] ... [SEP]
+    ids = list(range(20))
+    w = windows(qtok, ids, 10, "chunks", stride=3)  # the whole window is text: step 10 - 3
+    assert w == [ids[0:10], ids[7:17], ids[10:20]]
+    assert windows(qtok, ids, 8, "head-tail") == [[0, 1, *range(14, 20)]]
+
+
+def test_lora_head_chunks_pool_every_window_and_see_the_end(qwen_chunks_run):
+    import torch
+
+    from conftest import NEG, POS
+
+    manifest = json.loads((qwen_chunks_run / "zhtune.json").read_text(encoding="utf-8"))
+    assert manifest["kind"] == "lora-head"
+    assert manifest["long_text"] == {"strategy": "chunks", "stride": 2, "pool": "mean"}
+    clf = Classifier.load(qwen_chunks_run, device="cpu")  # no flag: the stored strategy
+    head = clf.backend
+    assert (head.long_text, head.stride, head.pool, head.max_length) == ("chunks", 2, "mean", 8)
+    doc = end_docs(2, 3)[1][0]
+    changed = doc.removesuffix(next(p for p in POS if doc.endswith(p))) + NEG[-1]  # new end
+    tok = head.tokenizer
+    ids = tok(doc, add_special_tokens=False)["input_ids"]
+    assert len(ids) > 16 and tok(doc)["input_ids"] == ids  # several windows, no BOS/EOS
+    assert tok(changed)["input_ids"][:8] == ids[:8]  # the first window is the same
+    with torch.inference_mode():  # by hand: the head on each window, mean of the logits
+        hand = np.mean(
+            [
+                head.model(input_ids=torch.tensor([ids[a:b]])).logits[0].float().numpy()
+                for a, b in window_spans(len(ids), 8, 2)
+            ],
+            axis=0,
+        )
+    pooled = head.predict_logits([doc, "短评：很好"])
+    assert np.abs(pooled[0] - hand).max() < 1e-4
+    chunks = head.predict_logits([doc, changed])
+    assert np.abs(chunks[0] - chunks[1]).max() > 1e-5  # the end reaches the prediction
+    head.long_text = "truncate"  # the same weights, the first 8 tokens only
+    cut = head.predict_logits([doc, changed])
+    assert np.abs(cut[0] - cut[1]).max() < 1e-5 and np.abs(cut[0] - chunks[0]).max() > 1e-5
+    assert clf.predict(doc)["label"] in ("positive", "negative")
+
+
+def test_label_scoring_refuses_long_text_in_one_line(tmp_path, capsys):
+    from zhtune.cli import main
+
+    train = write_csv(tmp_path / "t.csv", end_docs(8, 0))
+    args = ["lora", "--model", str(tmp_path), "--train", str(train), "--mode", "scoring",
+            "--long-text", "chunks", "--out", str(tmp_path / "x")]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    lines = [x for x in err.splitlines() if ": error: " in x]
+    assert len(lines) == 1 and "long_text" in lines[0] and "--mode head" in lines[0], err
+    assert "Traceback" not in err

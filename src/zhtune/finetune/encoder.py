@@ -21,6 +21,7 @@ from zhtune.data import DataConfig, load_splits
 from zhtune.device import trainable_dtype
 from zhtune.errors import ConfigError, ModelLoadError, ZhtuneError
 from zhtune.finetune.augment import AugmentConfig, augment_splits
+from zhtune.finetune.longtext import LongTextConfig
 from zhtune.runs import prepare_out_dir, resolve_model, write_json, write_manifest
 from zhtune.training.tracking import finish_run, is_main_process
 from zhtune.training.trainer import TrainingConfig, count_parameters, free_memory, run_trainer
@@ -40,7 +41,7 @@ ATTENTION_DROPOUT_ATTRS = ("attention_probs_dropout_prob", "attention_dropout")
 
 
 @dataclass
-class FinetuneConfig(AugmentConfig, TrainingConfig):
+class FinetuneConfig(LongTextConfig, AugmentConfig, TrainingConfig):
     """Fine-tune an encoder (BERT/RoBERTa family) with a classification head."""
 
     model: str = arg(
@@ -65,14 +66,6 @@ class FinetuneConfig(AugmentConfig, TrainingConfig):
     allow_pickle: bool = arg(
         False, "allow loading .bin (pickle) weights of a model you trust (default: safetensors)"
     )
-    long_text: str = arg(
-        "truncate",
-        "texts longer than max_length: keep the start, head-tail (first 1/4 + last 3/4), or "
-        "chunks (overlapping windows, pooled; stored in the model)",
-        ("truncate", "head-tail", "chunks"),
-    )
-    stride: int = arg(32, "long_text chunks: tokens shared by consecutive windows")
-    pool: str = arg("mean", "long_text chunks: pool the windows' logits", ("mean", "max"))
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -92,11 +85,6 @@ class FinetuneConfig(AugmentConfig, TrainingConfig):
             "intermediate_size",
         ):
             check(getattr(self, name) >= 1, name, "must be >= 1")
-        check(
-            self.long_text != "chunks" or 0 <= self.stride < self.max_length - 2,
-            "stride",
-            f"must be >= 0 and < max_length - 2 ({self.max_length - 2}), got {self.stride}",
-        )
         check(
             self.hidden_size % self.num_attention_heads == 0,
             "num_attention_heads",

@@ -9,23 +9,68 @@
   document's label, prediction pools the windows' logits (``mean`` or ``max``) into one row.
 
 The strategy, stride and pooling are written to the model's ``zhtune.json`` (``long_text``),
-so ``predict``, ``evaluate`` and ``serve`` apply it with no flag.
+so ``predict``, ``evaluate`` and ``serve`` apply it with no flag. One implementation serves
+encoders (``zhtune finetune``) and decoder LLMs (``zhtune lora --mode head``): a window is the
+text tokens between whatever the tokenizer itself adds to one text ([CLS] ... [SEP] for a BERT
+vocabulary, nothing for Qwen2's byte-level BPE, <s> for Llama), so every window looks like a
+short text to the model.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from zhtune.config import arg, check
+
 STRATEGIES = ("truncate", "head-tail", "chunks")
 POOLS = ("mean", "max")
+PROBE = "中"
+
+
+@dataclass
+class LongTextConfig:
+    """The ``--long-text`` fields; mixed into the configs of ``finetune`` and ``lora``."""
+
+    long_text: str = arg(
+        "truncate",
+        "texts longer than max_length: keep the start, head-tail (first 1/4 + last 3/4), or "
+        "chunks (overlapping windows, pooled; stored in the model)",
+        STRATEGIES,
+    )
+    stride: int = arg(32, "long_text chunks: tokens shared by consecutive windows")
+    pool: str = arg("mean", "long_text chunks: pool the windows' logits", POOLS)
+
+    def __post_init__(self) -> None:
+        parent = super()
+        if hasattr(parent, "__post_init__"):
+            parent.__post_init__()
+        max_length = int(getattr(self, "max_length", 0))
+        check(
+            self.long_text != "chunks" or 0 <= self.stride < max_length - 2,
+            "stride",
+            f"must be >= 0 and < max_length - 2 ({max_length - 2}), got {self.stride}",
+        )
+
+    def long_text_manifest(self) -> dict:
+        """``zhtune.json`` ``long_text`` (empty for ``truncate``: the default needs no entry)."""
+        if self.long_text == "truncate":
+            return {}
+        return {"long_text": {"strategy": self.long_text, "stride": self.stride, "pool": self.pool}}
 
 
 def specials(tokenizer: Any) -> tuple[list[int], list[int]]:
-    """The ids a single-sentence input starts and ends with: [CLS] ... [SEP] (<s> ... </s>)."""
-    cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
+    """The ids the tokenizer puts before and after one text: ([CLS], [SEP]) for a BERT
+    vocabulary, ([], []) for Qwen2, ([<s>], []) for Llama; read from the tokenizer itself."""
+    inner = tokenizer(PROBE, add_special_tokens=False)["input_ids"]
+    full = tokenizer(PROBE)["input_ids"]
+    for i in range(len(full) - len(inner) + 1):
+        if inner and full[i : i + len(inner)] == inner:
+            return list(full[:i]), list(full[i + len(inner) :])
+    cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id  # a tokenizer that rewrites text
     return ([cls] if cls is not None else []), ([sep] if sep is not None else [])
 
 
@@ -33,6 +78,14 @@ def content_budget(tokenizer: Any, max_length: int) -> int:
     """Tokens of text a window holds: ``max_length`` minus the special tokens ([CLS], [SEP])."""
     first, last = specials(tokenizer)
     return max(1, max_length - len(first) - len(last))
+
+
+def from_manifest(backend: Any, manifest: dict) -> Any:
+    """Set a backend's ``long_text``, ``stride`` and ``pool`` from ``zhtune.json``."""
+    long = manifest.get("long_text") or {}
+    backend.long_text = str(long.get("strategy", "truncate"))
+    backend.stride, backend.pool = int(long.get("stride", 0)), str(long.get("pool", "mean"))
+    return backend
 
 
 def head_tail(ids: Sequence[int], budget: int) -> list[int]:
@@ -55,10 +108,17 @@ def window_spans(n: int, budget: int, stride: int) -> list[tuple[int, int]]:
 
 
 def windows(
-    tokenizer: Any, ids: Sequence[int], max_length: int, mode: str, stride: int = 0
+    tokenizer: Any,
+    ids: Sequence[int],
+    max_length: int,
+    mode: str,
+    stride: int = 0,
+    marks: tuple[list[int], list[int]] | None = None,
 ) -> list[list[int]]:
-    """The model inputs (special tokens added) of one document's token ids (without them)."""
-    budget = content_budget(tokenizer, max_length)
+    """The model inputs (special tokens added) of one document's token ids (without them);
+    ``marks``: :func:`specials` of ``tokenizer``, when already known."""
+    first, last = marks if marks is not None else specials(tokenizer)
+    budget = max(1, max_length - len(first) - len(last))
     ids = list(ids)
     if mode == "chunks":
         parts = [ids[a:b] for a, b in window_spans(len(ids), budget, stride)]
@@ -66,21 +126,21 @@ def windows(
         parts = [head_tail(ids, budget)]
     else:
         parts = [ids[:budget]]
-    first, last = specials(tokenizer)
     return [first + p + last for p in parts]
 
 
 def encode(
     tokenizer: Any, texts: Sequence[str], max_length: int, mode: str, stride: int = 0
 ) -> tuple[list[list[int]], np.ndarray]:
-    """(model inputs, document index of each input) for ``texts``."""
-    raw = tokenizer(list(texts), add_special_tokens=False, truncation=False, verbose=False)[
-        "input_ids"
-    ]
+    """(model inputs, document index of each input) for ``texts``. User text is text: a
+    "[SEP]" or "<|endoftext|>" inside it is not a special token (as in the truncate path)."""
+    raw = tokenizer(list(texts), add_special_tokens=False, truncation=False, verbose=False,
+                    split_special_tokens=True)["input_ids"]  # fmt: skip
+    marks = specials(tokenizer)
     inputs: list[list[int]] = []
     doc: list[int] = []
     for i, ids in enumerate(raw):
-        w = windows(tokenizer, ids, max_length, mode, stride)
+        w = windows(tokenizer, ids, max_length, mode, stride, marks)
         inputs += w
         doc += [i] * len(w)
     return inputs, np.asarray(doc, dtype=np.int64)
@@ -99,10 +159,14 @@ def pool(logits: np.ndarray, doc: np.ndarray, n_docs: int, how: str = "mean") ->
 
 
 def predict_logits(backend: Any, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
-    """Document logits of an :class:`~zhtune.serving.encoder.EncoderBackend` with its
-    ``long_text`` strategy: every window is run (length-sorted, padded per batch), then pooled."""
+    """Document logits of a backend with ``long_text``, ``stride``, ``pool``, ``model``,
+    ``tokenizer``, ``max_length`` and ``labels`` (:class:`~zhtune.serving.encoder.EncoderBackend`,
+    :class:`~zhtune.llm.models.HeadBackend`): every window is run (length-sorted, padded per
+    batch on the model's device), then pooled."""
     import torch
 
+    device = getattr(backend, "device", None) or next(backend.model.parameters()).device
+    names = getattr(backend, "input_names", ("input_ids", "attention_mask"))
     tok = backend.tokenizer
     inputs, doc = encode(tok, texts, backend.max_length, backend.long_text, backend.stride)
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
@@ -119,9 +183,10 @@ def predict_logits(backend: Any, texts: Sequence[str], batch_size: int = 32) -> 
                 ids[r, : lengths[i]] = torch.tensor(inputs[i])
                 mask[r, : lengths[i]] = 1
             feed = {"input_ids": ids, "attention_mask": mask}
-            if "token_type_ids" in backend.input_names:
+            if "token_type_ids" in names:
                 feed["token_type_ids"] = torch.zeros_like(ids)
-            logits[idx] = backend.model(**feed).logits.float().numpy()
+            feed = {k: v.to(device) for k, v in feed.items()}
+            logits[idx] = backend.model(**feed).logits.float().cpu().numpy()
     return pool(logits, doc, len(texts), backend.pool)
 
 

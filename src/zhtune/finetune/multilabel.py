@@ -123,10 +123,8 @@ def training_inputs(cfg: Any, splits: Any, tokenizer: Any) -> tuple[Any, Any]:
 
 
 def manifest_extra(cfg: Any, multi_label: bool) -> dict:
-    """What a multi-label / long-text encoder adds to ``zhtune.json``."""
-    extra: dict = {}
-    if cfg.long_text != "truncate":
-        extra["long_text"] = {"strategy": cfg.long_text, "stride": cfg.stride, "pool": cfg.pool}
+    """What a multi-label / long-text model (encoder or LoRA head) adds to ``zhtune.json``."""
+    extra: dict = dict(cfg.long_text_manifest())
     if multi_label:
         extra["multi_label"] = True
     return extra

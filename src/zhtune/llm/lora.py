@@ -5,6 +5,8 @@ Modes (``--mode``):
 - ``head``: ``AutoModelForSequenceClassification`` (e.g. ``Qwen2ForSequenceClassification``)
   with LoRA on the attention projections; the new ``score`` layer trains and is saved with
   the adapter. ``--freeze-base`` trains the head alone (no LoRA): a cheap baseline.
+  ``--long-text head-tail|chunks`` as in ``zhtune finetune`` (:mod:`zhtune.finetune.longtext`,
+  stored in ``zhtune.json``).
 - ``scoring``: the causal LM scores each class's label word(s) after a prompt
   (:mod:`zhtune.llm.scoring`); LoRA training raises the probability of the gold word.
 
@@ -31,6 +33,7 @@ from zhtune.config import add_config_args, arg, check, config_from_args, save_co
 from zhtune.data import DataConfig, load_splits
 from zhtune.data.multilabel import require_single_label
 from zhtune.finetune.augment import AugmentConfig, augment_splits
+from zhtune.finetune.longtext import LongTextConfig
 from zhtune.llm.models import load_backend  # noqa: F401 - Classifier kinds lora-head, scoring
 from zhtune.llm.scoring import DEFAULT_TEMPLATE, SCORE_NORMS, WORD_AGGS, parse_label_words
 from zhtune.llm.scoring import parse_template as _parse_template
@@ -45,7 +48,7 @@ DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
 
 @dataclass
-class LlmConfig(AugmentConfig, TrainingConfig):
+class LlmConfig(LongTextConfig, AugmentConfig, TrainingConfig):
     """LoRA / QLoRA on a decoder LLM: classification head or label scoring."""
 
     model: str = arg("", "causal LM directory or hub id (e.g. runs/pretrain-clm-tiny)")
@@ -93,6 +96,12 @@ class LlmConfig(AugmentConfig, TrainingConfig):
             "loss",
             "focal loss is for --mode head; scoring trains the label words' log-likelihood",
         )
+        check(
+            not (self.mode == "scoring" and self.long_text != "truncate"),
+            "long_text",
+            f"{self.long_text} is for --mode head; label scoring keeps the prompt's first "
+            "max_length tokens (use --long-text truncate)",
+        )
         self.prompt_template = _parse_template(self.prompt_template)
         words = parse_label_words(self.label_words)
         self.label_words = (
@@ -139,8 +148,9 @@ def build_model(cfg: LlmConfig, labels: list[str], tokenizer: Any, splits: Any):
             model = add_lora(base, "head", **lora)
         if splits.multi_label:  # one sigmoid per label, BCE (zhtune/finetune/multilabel.py)
             base.config.problem_type = multilabel.PROBLEM_TYPE
+        # --long-text head-tail | chunks: token windows, as for encoders (finetune/longtext.py)
         train, dev = multilabel.training_inputs(cfg, splits, tokenizer)
-        return model, train, dev, None, ({"multi_label": True} if splits.multi_label else {})
+        return model, train, dev, None, multilabel.manifest_extra(cfg, splits.multi_label)
     ids = splits.train.label_ids(lmap)
     weight = class_weight_tensor(cfg.class_weights, ids, len(labels))
     model = ScoringModel(add_lora(base, "scoring", **lora), scorer, weight)

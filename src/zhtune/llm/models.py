@@ -476,6 +476,8 @@ class HeadBackend:
         self.model, self.tokenizer = model, tokenizer
         self.labels, self.max_length = labels, max_length
         self.multi_label = False  # zhtune.json ``multi_label``: a sigmoid per label
+        # long documents (zhtune.json ``long_text``): truncate | head-tail | chunks
+        self.long_text, self.stride, self.pool = "truncate", 0, "mean"
 
     def predict_proba(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
         out = self.predict_logits(texts, batch_size)
@@ -484,6 +486,10 @@ class HeadBackend:
     def predict_logits(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
         from zhtune.serving.encoder import encode_batches
 
+        if self.long_text != "truncate":  # token windows, pooled (zhtune/finetune/longtext.py)
+            from zhtune.finetune.longtext import predict_logits
+
+            return predict_logits(self, texts, batch_size)
         out = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
         device = next(self.model.parameters()).device
         with torch.inference_mode():
@@ -543,8 +549,10 @@ def load_backend(path: Path | str, manifest: dict, **kw: Any) -> HeadBackend | S
         head = HeadBackend(
             model, tok, list(manifest["labels"]), int(manifest.get("max_length", 128))
         )
+        from zhtune.finetune.longtext import from_manifest
+
         head.multi_label = bool(manifest.get("multi_label"))
-        return head
+        return from_manifest(head, manifest)
     return ScoringBackend(model, scorer_from_manifest(tok, manifest))
 
 

@@ -230,10 +230,9 @@ def _device(spec: object, int8: bool = False):
 def load_backend(path: Path | str, manifest: dict, **kw: object) -> EncoderBackend:
     if kw.get("max_length") is None and manifest.get("max_length"):
         kw["max_length"] = int(manifest["max_length"])
-    backend = EncoderBackend.load(path, **kw)  # type: ignore[arg-type]
-    long = manifest.get("long_text") or {}
-    backend.long_text = str(long.get("strategy", "truncate"))
-    backend.stride, backend.pool = int(long.get("stride", 0)), str(long.get("pool", "mean"))
+    from zhtune.finetune.longtext import from_manifest
+
+    backend = from_manifest(EncoderBackend.load(path, **kw), manifest)  # type: ignore[arg-type]
     labels = manifest.get("labels")
     if labels and [str(x) for x in labels] != backend.labels:
         raise ModelLoadError(
