@@ -7,7 +7,6 @@ import json
 import pytest
 
 import zhtune.quickstart as qs
-import zhtune.quickstart.config
 from zhtune.cli import main
 from zhtune.errors import ConfigError
 from zhtune.quickstart import QuickstartConfig, compare_to_baseline, stable_rows, summary_table
