@@ -146,6 +146,10 @@ def test_ensemble_evaluate_serve_and_compare(members: dict, tmp_path: Path) -> N
     rows = compare_runs([out], cfg, tmp_path / "cmp", robustness=False)
     names = [r["name"] for r in rows]
     assert names[:3] == ["ens", "a", "b"]  # the members are listed beside the ensemble
+    # the ensemble's size is its members' (they all run), in evaluate and in compare
+    size = {r["name"]: r["model_bytes"] for r in rows}
+    assert size["ens"] >= size["a"] + size["b"] > 0
+    assert summary["model_bytes"] == size["ens"]
 
 
 def test_bad_members_are_one_line_errors(members: dict, tmp_path: Path, capsys) -> None:

@@ -38,9 +38,16 @@ def check_label_kind(clf: Classifier, split: Split) -> None:
 def dir_size(
     path: str | Path, patterns: tuple[str, ...] = ("*.safetensors", "baseline.json", "*.onnx")
 ) -> int:
-    """Bytes of the model weight files in a directory."""
+    """Bytes of the model weight files in a directory; an ensemble's include its members'
+    (they all run at prediction time)."""
+    from zhtune.runs import read_manifest
+
     p = Path(path)
-    return sum(f.stat().st_size for pat in patterns for f in p.glob(pat))
+    own = sum(f.stat().st_size for pat in patterns for f in p.glob(pat))
+    manifest = read_manifest(p) if p.is_dir() else None
+    if manifest and manifest.get("kind") == "ensemble":
+        own += sum(dir_size(m, patterns) for m in manifest.get("members", []) if Path(m).is_dir())
+    return own
 
 
 def score(
