@@ -257,3 +257,45 @@ def test_lora_head_multi_label_end_to_end(tmp_path):
     # label scoring refuses multi-label data with a clear message (exit 2)
     sc = ["--mode", "scoring", "--label-words", "水果=水果,天气=天气,交通=交通"]
     assert main([*args, *sc, "--out", str(tmp_path / "sc"), *fast]) == 2
+
+
+def test_evaluate_report_of_a_multi_label_run(tmp_path):
+    """report.html of a multi-label evaluation: set metrics and a per-label table instead of
+    accuracy, errors most confidently wrong first, explanations of their worst label."""
+    rows = toy_rows(150)
+    swap = {"水果": "交通", "天气": "水果", "交通": "天气"}
+    test = [(t, swap[lab] if i < 9 and "|" not in lab else lab) for i, (t, lab) in
+            enumerate(rows[126:])]  # fmt: skip
+    data = [
+        "--train", str(write_csv(tmp_path / "train.csv", rows[:126])),
+        "--dev", str(write_csv(tmp_path / "dev.csv", rows[:40])),
+        "--test", str(write_csv(tmp_path / "test.csv", test)),
+        "--multi-label", "true",
+    ]  # fmt: skip
+    assert main(["baseline", *data, "--min-df", "1", "--out", str(tmp_path / "run")]) == 0
+    ev = tmp_path / "ev"
+    assert main(["evaluate", "--model", str(tmp_path / "run"), *data, "--out", str(ev)]) == 0
+    m = json.loads((ev / "metrics.json").read_text(encoding="utf-8"))
+    page = (ev / "report.html").read_text(encoding="utf-8")
+    head = page[page.index('<table id="headline">') :].split("</table>")[0]
+    for h in ("micro-F1", "macro-F1", "samples-F1", "hamming loss", "subset accuracy"):
+        assert f"<th>{h}</th>" in head
+    assert "<th>accuracy</th>" not in head and "T-scaled" not in page
+    for k in ("micro_f1", "samples_f1", "hamming_loss", "subset_accuracy"):
+        assert f"{m[k]:.4f}" in head
+    per_label = page[page.index('<table class="per-label">') :].split("</table>")[0]
+    for name, v in m["per_class"].items():
+        assert f'<td class="t">{name}</td>' in per_label and f"{v['f1']:.4f}" in per_label
+    assert "<th>threshold</th>" in per_label and "<th>micro-F1</th>" in page  # robustness too
+    errors = [json.loads(x) for x in (ev / "errors.jsonl").read_text().splitlines()]
+    assert len(errors) >= 6
+    gaps = [max(abs(e["probs"][n] - (n in e["gold"])) for n in WORDS) for e in errors]
+    assert gaps == sorted(gaps, reverse=True)  # most confidently wrong first
+    ex = [json.loads(x) for x in (ev / "explanations.jsonl").read_text().splitlines()]
+    assert len(ex) == 5 and [x["text"] for x in ex] == [e["text"] for e in errors[:5]]
+    for x in ex:
+        assert x["method"] == "occlusion"
+        assert x["label"] in set(x["gold"]) ^ set(x["predicted_labels"])
+        assert x["confidence"] == pytest.approx(errors[ex.index(x)]["probs"][x["label"]])
+    explained = page[page.index('<table class="explained">') :].split("</table>")[0]
+    assert "<th>explained label</th>" in explained and "background:rgba(" in explained

@@ -118,3 +118,32 @@ def test_report_renders_in_headless_chromium(report_dir, tmp_path):
 
     im = np.asarray(Image.open(shot).convert("L"), dtype=float)
     assert im.std() > 20  # not a blank page
+
+
+def test_evaluate_explains_the_most_confident_errors(report_dir, tmp_path):
+    """``evaluate`` writes word attributions for at most ``explain_errors`` of its most
+    confident errors (occlusion: the keyword model has no gradients); the page colours them."""
+    import json
+
+    _, rows = report_dir
+    d = rows[0]["eval_dir"]
+    from pathlib import Path
+
+    errors = [json.loads(x) for x in (Path(d) / "errors.jsonl").read_text().splitlines()]
+    ex = [json.loads(x) for x in (Path(d) / "explanations.jsonl").read_text().splitlines()]
+    assert errors and len(ex) == min(5, len(errors))
+    assert [x["text"] for x in ex] == [e["text"] for e in errors[: len(ex)]]
+    assert all(x["method"] == "occlusion" and x["label"] != x["gold"] for x in ex)
+    for x in ex:  # a keyword that pushes toward the (wrong) label gets a positive score
+        top = max(x["attributions"], key=lambda a: a["score"])
+        assert top["score"] > 0 and any(c in top["text"] for c in "好满意推荐差坏慢失望")
+    page = build_report([d], tmp_path).read_text(encoding="utf-8")
+    assert "why the most confident errors" in page and "background:rgba(22,163,74" in page
+    # --explain-errors 0: none
+    cfg = EvaluateConfig(train="unused.csv", robustness=False, explain_errors=0)
+    clf = Classifier(KeywordModel(4.0), "keyword", "mem")
+    row = evaluate_model(clf, cfg, tmp_path / "none", splits=_splits(), report=True)
+    assert not (Path(row["eval_dir"]) / "explanations.jsonl").exists()
+    assert "why the most confident errors" not in (tmp_path / "none" / "report.html").read_text()
+    with pytest.raises(ZhtuneError, match="explain_errors"):
+        EvaluateConfig(train="unused.csv", explain_errors=-1)

@@ -187,6 +187,64 @@ def test_limits_and_status_codes(server: Server) -> None:
     assert 'code="500"' not in metrics
 
 
+def explain(url: str, timeout: float = 60, **body) -> httpx.Response:
+    return httpx.post(url + "/v1/explain", json=body, timeout=timeout)
+
+
+def test_explain_returns_the_cli_json_and_keeps_the_limits(
+    server: Server, model_dir: Path, capsys
+) -> None:
+    from zhtune.cli import main
+
+    url, text = server.url, "质量很好，物流也快，就是价格有点贵"
+    for method in ("auto", "occlusion"):
+        r = explain(url, text=text, method=method)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        capsys.readouterr()
+        assert main(["explain", "--model", str(model_dir), "--text", text, "--method", method,
+                     "--json"]) == 0  # fmt: skip
+        cli = json.loads(capsys.readouterr().out)
+        assert body.pop("truncated") is False
+        assert body.keys() == cli.keys() and body["label"] == cli["label"]
+        assert body["method"] == ("ig" if method == "auto" else "occlusion") == cli["method"]
+        got = [(a["text"], a["start"], a["end"]) for a in body["attributions"]]
+        assert got == [(a["text"], a["start"], a["end"]) for a in cli["attributions"]]
+        assert [a["score"] for a in body["attributions"]] == pytest.approx(
+            [a["score"] for a in cli["attributions"]], abs=1e-4
+        )
+        assert "".join(a["text"] for a in body["attributions"]) == text.replace(" ", "")
+    forced = explain(url, text=text, label="positive", unit="char", method="occlusion").json()
+    assert forced["label"] == "positive" and len(forced["attributions"]) == len(text)
+
+    def expect(resp: httpx.Response, status: int, code: str, words: str = "") -> None:
+        assert resp.status_code == status, resp.text
+        err = resp.json()["error"]
+        assert err["code"] == code and words in err["message"], err
+
+    expect(explain(url, text=text, label="中性"), 422, "unknown_label", "negative, positive")
+    expect(explain(url, text=" \n "), 422, "empty_text", "text is empty")
+    expect(explain(url, text=""), 422, "invalid_request")
+    expect(explain(url, text="长" * 2001), 422, "text_too_long", "text has 2001 characters")
+    cut = explain(url, text="长" * 2001, truncate=True)
+    assert cut.status_code == 200 and cut.json()["truncated"] and len(cut.json()["text"]) == 2000
+    long = "，".join(["苹果", "香蕉"] * 150)  # 599 words > --explain-max-units 256
+    expect(explain(url, text=long, method="occlusion"), 422, "too_long_to_explain", "256")
+    assert explain(url, text=long).status_code == 200  # IG costs the same whatever the length
+    expect(explain(url, text=text, method="lime"), 422, "invalid_request", "method")
+    expect(explain(url, text=text, model="/etc/passwd"), 422, "invalid_request")  # no paths
+    expect(explain(url, texts=[text]), 422, "invalid_request")
+    expect(explain(url, text=["好"]), 422, "invalid_request")
+    big = json.dumps({"text": "好" * 600_000}).encode()
+    resp = httpx.post(
+        url + "/v1/explain", content=big, headers={"content-type": "application/json"}
+    )
+    expect(resp, 413, "body_too_large")
+    metrics = httpx.get(url + "/metrics").text
+    assert 'zhtune_http_requests_total{code="200",method="POST",path="/v1/explain"}' in metrics
+    assert 'code="500"' not in metrics
+
+
 def test_metrics_docs_and_page(server: Server) -> None:
     classify(server.url, ["好"])
     r = httpx.get(server.url + "/metrics")
@@ -286,6 +344,7 @@ def test_api_key_queue_full_and_graceful_shutdown(servers: dict[str, Server]) ->
         assert httpx.get(s.url + "/", auth=("any", "s3cret")).status_code == 200  # browsers
         assert "Basic" in httpx.get(s.url + "/").headers["www-authenticate"]
         assert classify(s.url, ["好"]).status_code == 401
+        assert explain(s.url, text="好").status_code == 401
         wrong = httpx.post(
             s.url + "/v1/classify", json={"texts": ["好"]}, headers={"X-API-Key": "nope"}
         )

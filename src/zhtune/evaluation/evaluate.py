@@ -9,6 +9,8 @@ Works for every model kind through :meth:`zhtune.Classifier.load`. Writes into `
   ``calibration.json`` (the temperature fitted on the dev split), ``confidence_hist.png``,
   ``reliability.png``, ``coverage.png``;
 - ``robustness.json``, ``robustness.png``, ``flipped.jsonl`` (unless ``--no-robustness``);
+- ``explanations.jsonl``: word attributions of the ``--explain-errors`` (5) most confident
+  errors (integrated gradients where the model allows it, else word occlusion);
 - ``summary.json`` (the headline row) and ``report.html`` (one self-contained page).
 """
 
@@ -35,6 +37,7 @@ from zhtune.config import (
 from zhtune.data import DataConfig, Split, Splits, load_splits
 from zhtune.errors import ZhtuneError
 from zhtune.evaluation.calibration import confidence_report
+from zhtune.evaluation.explain import METHODS
 from zhtune.evaluation.metrics import format_table
 from zhtune.evaluation.perturb import PERTURBATIONS
 from zhtune.evaluation.scoring import dir_size, score
@@ -80,6 +83,12 @@ class EvaluateConfig(DataConfig):
     perturbations: list[str] | None = arg(
         None, f"perturbations to run (default all): {','.join(PERTURBATIONS)}"
     )
+    explain_errors: int = arg(
+        5, "explain this many of the most confident errors in report.html (0: none)"
+    )
+    explain_method: str = arg(
+        "auto", "how: integrated gradients where possible (auto), or word occlusion", METHODS
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -100,6 +109,9 @@ class EvaluateConfig(DataConfig):
         check(m is None or m > 0, "max_robustness_samples", f"must be > 0, got {m}")
         bad = [p for p in self.perturbations or [] if p not in PERTURBATIONS]
         check(not bad, "perturbations", f"unknown {bad}; known: {', '.join(PERTURBATIONS)}")
+        check(
+            self.explain_errors >= 0, "explain_errors", f"must be >= 0, got {self.explain_errors}"
+        )
 
 
 def data_fields(cfg: DataConfig) -> dict:
@@ -376,18 +388,42 @@ def evaluate_model(
     if clf.multi_label or splits.multi_label:
         from zhtune.evaluation.multilabel_eval import evaluate_multilabel
 
-        return evaluate_multilabel(clf, splits, cfg, out, name)
-    ev = _score_split(clf, splits, cfg, name)
-    _write_predictions(ev, out)
-    conf = _calibrate(ev, splits, cfg, out, save_to_model=save_temperature_to_model)
-    _confidence_plots(ev, conf, cfg, out)
-    robust = _robustness(ev, cfg, out)
-    summary = _write_summary(ev, conf, robust, cfg, out)
+        summary = evaluate_multilabel(clf, splits, cfg, out, name)
+    else:
+        ev = _score_split(clf, splits, cfg, name)
+        _write_predictions(ev, out)
+        conf = _calibrate(ev, splits, cfg, out, save_to_model=save_temperature_to_model)
+        _confidence_plots(ev, conf, cfg, out)
+        robust = _robustness(ev, cfg, out)
+        summary = _write_summary(ev, conf, robust, cfg, out)
+    _explain_errors(clf, cfg, out)
     if report:
         from zhtune.evaluation.report import build_report
 
-        build_report([summary], out, title=f"zhtune evaluate: {ev.name}")
+        build_report([summary], out, title=f"zhtune evaluate: {summary['name']}")
     return summary
+
+
+EXPLAIN_STEPS = 20  # integrated-gradients steps for the report (the CLI's default is 50)
+EXPLAIN_MAX_UNITS = 256  # occlusion: skip error rows with more words (one pass per word)
+
+
+def _explain_errors(clf: Classifier, cfg: EvaluateConfig, out: Path) -> None:
+    """``explanations.jsonl``: word attributions of the ``cfg.explain_errors`` most
+    confident errors (shown in report.html)."""
+    if not cfg.explain_errors:
+        return
+    from zhtune.evaluation.explain import error_explanations
+
+    rows = error_explanations(
+        clf,
+        out / "errors.jsonl",
+        cfg.explain_errors,
+        cfg.explain_method,
+        steps=EXPLAIN_STEPS,
+        max_units=EXPLAIN_MAX_UNITS,
+    )
+    write_jsonl(out / "explanations.jsonl", rows)
 
 
 # --- CLI ---------------------------------------------------------------------------------
@@ -444,7 +480,9 @@ def run_cli(ns: argparse.Namespace) -> int:
     if row.get("multi_label"):  # no temperature / abstention for independent probabilities
         from zhtune.evaluation.metrics import table_columns
 
-        print(format_table([row], table_columns(row, SUMMARY_COLUMNS)))
+        single_only = ("ece_calibrated", "parameters")
+        columns = [c for c in SUMMARY_COLUMNS if c[0] not in single_only]
+        print(format_table([row], table_columns(row, columns)))
         return 0
     print(format_table([row], SUMMARY_COLUMNS))
     a = row["abstain_threshold"]

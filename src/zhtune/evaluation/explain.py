@@ -164,7 +164,10 @@ def integrated_gradients(
     with torch.no_grad():
         logits = forward(ids, mask)[0]
         base_logits = forward(base, mask)[0]
-    probs = torch.softmax(logits / clf.temperature, -1).cpu().numpy()
+    if getattr(clf, "multi_label", False):  # independent probabilities: one sigmoid per label
+        probs = torch.sigmoid(logits).cpu().numpy()
+    else:
+        probs = torch.softmax(logits / clf.temperature, -1).cpu().numpy()
     t = _target(clf, probs, label)
     lig = LayerIntegratedGradients(forward, model.get_input_embeddings())
     attr, delta = lig.attribute(
@@ -257,6 +260,52 @@ def format_explanation(ex: Explanation, color: bool, top: int = 5) -> str:
 
 
 # --- the HTML report -----------------------------------------------------------------------
+def _worst_label(row: dict) -> tuple[str, str]:
+    """A multi-label error row's most confidently wrong label and how it is wrong: the
+    predicted label with the highest probability outside the gold set, else the gold label
+    the model gave the lowest probability."""
+    gold, probs = set(row["gold"]), row["probs"]
+    extra = [n for n in row["labels"] if n not in gold]
+    if extra:
+        return max(extra, key=lambda n: probs[n]), "predicted, not in the gold set"
+    missed = [n for n in gold if n not in row["labels"]]
+    return min(missed, key=lambda n: probs[n]), "in the gold set, not predicted"
+
+
+def error_explanations(
+    clf: Any,
+    errors: Path,
+    n: int = 5,
+    method: str = "auto",
+    unit: str = "word",
+    steps: int = 50,
+    max_units: int | None = None,
+) -> list[dict]:
+    """Explanations of the first ``n`` rows of ``errors`` (an ``errors.jsonl``, most confident
+    first) toward the predicted label; for a multi-label row, toward its most confidently wrong
+    label (:func:`_worst_label`). With ``max_units``, occlusion skips rows with more units."""
+    rows: list[dict] = []
+    with errors.open(encoding="utf-8") as fh:
+        for no, line in enumerate(fh, start=1):
+            if len(rows) >= n:
+                break
+            try:
+                r = json.loads(line)
+                text, gold = r["text"], r["gold"]
+                label, why = _worst_label(r) if "labels" in r else (r["label"], "")
+            except (ValueError, KeyError, TypeError):
+                raise ZhtuneError(f"{errors}:{no}: not an errors.jsonl row") from None
+            occluding = method == "occlusion" or (method == "auto" and not supports_ig(clf))
+            if max_units is not None and occluding and len(unit_spans(text, unit)) > max_units:
+                continue  # one forward pass per unit: too costly here
+            ex = explain(clf, text, method, label, unit, steps)
+            row = {**ex.to_dict(), "gold": gold}
+            if why:
+                row.update(predicted_labels=r["labels"], wrong=why)
+            rows.append(row)
+    return rows
+
+
 def explain_errors(
     clf: Any, eval_dir: str | Path, n: int = 5, method: str = "auto", unit: str = "word"
 ) -> Path:
@@ -269,19 +318,7 @@ def explain_errors(
     errors = d / "errors.jsonl"
     if not errors.is_file():
         raise ZhtuneError(f"{d}: no errors.jsonl (give a directory written by zhtune evaluate)")
-    rows: list[dict] = []
-    with errors.open(encoding="utf-8") as fh:
-        for no, line in enumerate(fh, start=1):
-            if len(rows) >= n:
-                break
-            try:
-                r = json.loads(line)
-                text, gold, label = r["text"], r["gold"], r["label"]
-            except (ValueError, KeyError, TypeError):
-                raise ZhtuneError(f"{errors}:{no}: not an errors.jsonl row") from None
-            ex = explain(clf, text, method, label, unit)
-            rows.append({**ex.to_dict(), "gold": gold})
-    write_jsonl(d / "explanations.jsonl", rows)
+    write_jsonl(d / "explanations.jsonl", error_explanations(clf, errors, n, method, unit))
     summary = json.loads((d / "summary.json").read_text(encoding="utf-8"))
     return build_report([summary], d, title=f"zhtune evaluate: {summary.get('name', d.name)}")
 

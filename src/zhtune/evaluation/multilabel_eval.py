@@ -3,7 +3,8 @@
 * ``metrics.json``: the multi-label metrics (:func:`~zhtune.evaluation.metrics.multilabel_metrics`)
   plus each label's ECE (its probability as a binary forecast of "this label applies"), and
   their mean ``ece``.
-* ``predictions.jsonl`` / ``errors.jsonl`` (rows whose predicted label set is not the gold one).
+* ``predictions.jsonl`` / ``errors.jsonl`` (rows whose predicted label set is not the gold one,
+  most confidently wrong first: :func:`confident_errors`).
 * robustness: the usual perturbations; a flip is any change of the predicted label set;
   ``robustness_score`` = mean perturbed micro-F1 / clean micro-F1.
 """
@@ -98,6 +99,14 @@ def multilabel_robustness(
     return summary, flipped
 
 
+def confident_errors(rows: list[dict], y: np.ndarray, probs: np.ndarray) -> list[dict]:
+    """The rows whose predicted label set is not the gold one, most confidently wrong first:
+    by their largest gap between a label's probability and its 0/1 gold value."""
+    gap = np.abs(probs - y).max(1)
+    wrong = [i for i, r in enumerate(rows) if set(r["labels"]) != set(r["gold"])]
+    return [rows[i] for i in sorted(wrong, key=lambda i: (-gap[i], i))]
+
+
 def evaluate_multilabel(
     clf: Classifier, splits: Splits, cfg: Any, out: Path, name: str | None = None
 ) -> dict:
@@ -117,7 +126,7 @@ def evaluate_multilabel(
     metrics["model_bytes"] = dir_size(clf.path) if Path(str(clf.path)).is_dir() else None
     rows = list(prediction_rows(data.texts, data.labels, clf.format(probs)))
     write_jsonl(out / "predictions.jsonl", rows)
-    write_jsonl(out / "errors.jsonl", [r for r in rows if list(r["labels"]) != list(r["gold"])])
+    write_jsonl(out / "errors.jsonl", confident_errors(rows, y, probs))
     plots.per_class_png(metrics["per_class"], out / "per_class.png")
     if cfg.robustness:
         robust, flipped = multilabel_robustness(clf, data.texts, y, probs, cfg)

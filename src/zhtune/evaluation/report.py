@@ -50,6 +50,45 @@ HEADLINE = [
     ("model_bytes", "size", ""),
     ("texts_per_second", "texts/s (CPU)", "max"),
 ]
+# multi-label runs: set-based scores instead of accuracy (zhtune.evaluation.multilabel_eval)
+MULTI_HEADLINE = [
+    ("name", "model", "t"),
+    ("kind", "kind", "t"),
+    ("micro_f1", "micro-F1", "max"),
+    ("macro_f1", "macro-F1", "max"),
+    ("samples_f1", "samples-F1", "max"),
+    ("hamming_loss", "hamming loss", "min"),
+    ("subset_accuracy", "subset accuracy", "max"),
+    ("roc_auc", "ROC-AUC", "max"),
+    ("ece", "ECE (per label)", "min"),
+    ("robustness_score", "robustness", "max"),
+    ("model_bytes", "size", ""),
+    ("texts_per_second", "texts/s (CPU)", "max"),
+]
+NOTE = (
+    "ECE: expected calibration error over equal-width confidence bins (15 by default) "
+    "(lower is better); T-scaled: after temperature scaling fitted on the dev split. "
+    "Robustness: mean accuracy over the perturbations divided by the clean accuracy "
+    "(1.0 = unaffected). texts/s: CPU prediction speed on the test rows."
+)
+MULTI_NOTE = (
+    "Multi-label: each label has its own probability and threshold (tuned on dev). micro-F1 "
+    "pools every (row, label) decision, macro-F1 averages the labels, samples-F1 the rows; "
+    "hamming loss: share of wrong (row, label) decisions (lower is better); subset accuracy: "
+    "share of rows whose label set is exactly right. ECE: mean over labels of each label's "
+    "probability as a yes/no forecast. Robustness: mean perturbed micro-F1 / clean micro-F1."
+)
+
+
+def _columns(rows: list[dict]) -> list[tuple[str, str, str]]:
+    """The headline columns: single-label, multi-label, or both when the runs mix."""
+    multi = [bool(r.get("multi_label")) for r in rows]
+    if not any(multi):
+        return HEADLINE
+    if all(multi):
+        return MULTI_HEADLINE
+    keys = {k for k, _, _ in HEADLINE}
+    return HEADLINE[:4] + [c for c in MULTI_HEADLINE if c[0] not in keys] + HEADLINE[4:]
 
 
 def _read_json(path: Path) -> dict | None:
@@ -139,16 +178,17 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], cls: str = "")
 
 def _headline(rows: list[dict]) -> str:
     """The headline table, one row per model, the best value of each column in bold."""
+    columns = _columns(rows)
     best: dict[str, object] = {}
-    for key, _, how in HEADLINE:
+    for key, _, how in columns:
         vals = [r[key] for r in rows if isinstance(r.get(key), int | float)]
         if how in ("max", "min") and len(vals) > 1:
             best[key] = max(vals) if how == "max" else min(vals)
-    head = "".join(f"<th>{html.escape(h)}</th>" for _, h, _ in HEADLINE)
+    head = "".join(f"<th>{html.escape(h)}</th>" for _, h, _ in columns)
     body: list[str] = []
     for r in rows:
         cells: list[str] = []
-        for key, _, how in HEADLINE:
+        for key, _, how in columns:
             cls: list[str] = []
             if how == "t":
                 cls.append("t")
@@ -200,9 +240,49 @@ def _metric_rows(m: dict, conf: dict | None, rob: dict | None) -> list[list[str]
     return metric_rows
 
 
+MULTI_METRIC_KEYS = [
+    ("micro_f1", "micro F1"),
+    ("macro_f1", "macro F1"),
+    ("samples_f1", "samples F1"),
+    ("hamming_loss", "hamming loss"),
+    ("subset_accuracy", "subset accuracy (exact label set)"),
+    ("roc_auc", "ROC-AUC (mean over labels)"),
+    ("ece", "ECE (mean over labels)"),
+    ("robustness_score", "robustness score"),
+]
+
+
+def _multi_label_tables(m: dict) -> list[str]:
+    """Multi-label: the set metrics, then the per-label table (with thresholds and ECE)."""
+    rows = [[html.escape(h), _e(m.get(k))] for k, h in MULTI_METRIC_KEYS]
+    per_row = m.get("mean_labels_per_row") or {}
+    rows.append(
+        ["labels per row (gold / predicted)", f"{_e(per_row.get('gold'))} / "
+         f"{_e(per_row.get('predicted'))}"]
+    )  # fmt: skip
+    keys = ("precision", "recall", "f1", "support", "roc_auc", "ece", "threshold")
+    per_label = _table(
+        ["label", "precision", "recall", "F1", "support", "ROC-AUC", "ECE", "threshold"],
+        [
+            [f'<td class="t">{html.escape(c)}</td>'] + [_e(v.get(k)) for k in keys]
+            for c, v in m.get("per_class", {}).items()
+        ],
+        "per-label",
+    )
+    return [
+        '<div class="figs"><div>',
+        _table(["metric", "value"], rows, "metrics"),
+        "</div><div>",
+        per_label,
+        "</div></div>",
+    ]
+
+
 def _tables(e: dict) -> list[str]:
     """The metric table, then the per-class table and the confusion matrix, side by side."""
     m = e["metrics"]
+    if m.get("multi_label"):
+        return _multi_label_tables(m)
     parts = ['<div class="figs"><div>']
     parts.append(_table(["metric", "value"], _metric_rows(m, e["confidence"], e["robustness"])))
     parts.append("</div><div>")
@@ -234,46 +314,81 @@ def _figures(d: Path) -> str:
     return f'<div class="figs">{"".join(figs)}</div>'
 
 
+def _names(v: object) -> str:
+    """A label, or a label set (multi-label) joined with 、, escaped."""
+    return html.escape("、".join(v) if isinstance(v, list) else str(v))
+
+
 def _perturbation_row(pname: str, r: dict) -> list[str]:
-    """One row of the robustness table: a scored perturbation with a flip, or a skipped one."""
-    if "accuracy" not in r:
+    """One row of the robustness table: a scored perturbation with a flip, or a skipped one
+    (multi-label runs: micro-F1 instead of accuracy, a flip is any change of the label set)."""
+    score = "micro_f1" if "micro_f1" in r else "accuracy"
+    if score not in r:
         return [f'<td class="t">{html.escape(pname)}</td>', "skipped", "", "", ""] + [
             f'<td class="t err">{html.escape(r.get("skipped", ""))}</td>'
         ]
     ex = r["examples"][0] if r.get("examples") else None
     example = (
         f"{_short(ex['text'])}<br>→ {_short(ex['perturbed'])}<br>"
-        f"<span class='muted'>{html.escape(ex['clean_pred'])} → "
-        f"{html.escape(ex['perturbed_pred'])} (gold {html.escape(ex['gold'])})</span>"
+        f"<span class='muted'>{_names(ex['clean_pred'])} → "
+        f"{_names(ex['perturbed_pred'])} (gold {_names(ex['gold'])})</span>"
         if ex
         else ""
     )
     return [
         f'<td class="t">{html.escape(r.get("description", pname))}</td>',
-        _e(r["accuracy"]),
+        _e(r[score]),
         _e(-r["drop"]),
         f"{r['flip_rate']:.1%}",
-        f"{r['changed_share']:.1%}",
+        f"{r['changed_share']:.1%}" if "changed_share" in r else "–",
         f'<td class="t">{example}</td>',
     ]
 
 
 def _robustness_parts(rob: dict) -> list[str]:
     """The robustness heading (rows, rate, seed, clean accuracy) and the perturbation table."""
+    multi = "clean_micro_f1" in rob
+    score = "micro-F1" if multi else "accuracy"
+    clean = rob.get("clean_micro_f1" if multi else "clean_accuracy")
+    how = "".join(f", {k} {rob[k]}" for k in ("rate", "seed") if k in rob)
     head = (
-        f"<h3>鲁棒性 robustness</h3><p class='muted'>{rob.get('n')} rows, rate "
-        f"{rob.get('rate')}, seed {rob.get('seed')}; clean accuracy "
-        f"{_e(rob.get('clean_accuracy'))}</p>"
+        f"<h3>鲁棒性 robustness</h3><p class='muted'>{rob.get('n')} rows{how}; clean "
+        f"{score} {_e(clean)}</p>"
     )
     rrows = [_perturbation_row(pname, r) for pname, r in rob.get("perturbations", {}).items()]
-    table = _table(
-        ["perturbation", "accuracy", "change", "flipped", "texts changed", "a flip"], rrows
-    )
+    table = _table(["perturbation", score, "change", "flipped", "texts changed", "a flip"], rrows)
     return [head, table]
+
+
+def _multi_label_errors(errors: list[dict]) -> list[str]:
+    """Multi-label errors: gold and predicted label sets, the probabilities of the labels
+    that differ."""
+
+    def wrong(r: dict) -> str:
+        diff = sorted(set(r["gold"]) ^ set(r["labels"]))
+        return ", ".join(f"{html.escape(n)} {r['probs'][n]:.3f}" for n in diff)
+
+    return [
+        "<h3>最自信的错误 most confident errors</h3>",
+        _table(
+            ["text", "gold", "predicted", "p of the wrong labels"],
+            [
+                [
+                    f'<td class="t">{_short(r["text"])}</td>',
+                    _names(r["gold"]),
+                    _names(r["labels"]),
+                    f'<td class="t">{wrong(r)}</td>',
+                ]
+                for r in errors
+            ],  # fmt: skip
+        ),
+    ]
 
 
 def _errors_parts(errors: list[dict]) -> list[str]:
     """The most confident errors: heading and table."""
+    if "labels" in errors[0]:
+        return _multi_label_errors(errors)
     return [
         "<h3>最自信的错误 most confident errors</h3>",
         _table(
@@ -310,24 +425,31 @@ def _coloured(ex: dict) -> str:
 
 
 def _explained_parts(explanations: list[dict]) -> list[str]:
-    """Word attributions of the most confident errors (written by ``zhtune explain --errors``)."""
+    """Word attributions of the most confident errors (written by ``zhtune evaluate`` and
+    ``zhtune explain --errors``); multi-label rows explain their most confidently wrong label."""
     method = html.escape(str(explanations[0].get("method", "")))
+    multi = "wrong" in explanations[0]
+    note = (
+        "green: pushes toward the explained label (the most confidently wrong one), red: against it"
+        if multi
+        else "green: pushes toward the predicted (wrong) label; red: against it"
+    )
+    head = ["text", "gold", "predicted", "explained label", "p"] if multi else [
+        "text", "gold", "predicted", "confidence"]  # fmt: skip
+    rows = []
+    for x in explanations:
+        row = [f'<td class="t">{_coloured(x)}</td>', _names(x.get("gold", ""))]
+        if multi:
+            row += [_names(x.get("predicted_labels", [])),
+                    f'{html.escape(str(x["label"]))}<br><span class="muted">'
+                    f'{html.escape(str(x.get("wrong", "")))}</span>']  # fmt: skip
+        else:
+            row.append(html.escape(str(x["label"])))
+        rows.append([*row, _e(x["confidence"])])
     return [
         f"<h3>为什么错 why the most confident errors were made ({method})</h3>",
-        '<p class="muted">green: pushes toward the predicted (wrong) label; red: against it; '
-        "hover a word for its score.</p>",
-        _table(
-            ["text", "gold", "predicted", "confidence"],
-            [
-                [
-                    f'<td class="t">{_coloured(x)}</td>',
-                    html.escape(str(x.get("gold", ""))),
-                    html.escape(str(x["label"])),
-                    _e(x["confidence"]),
-                ]
-                for x in explanations
-            ],
-        ),
+        f'<p class="muted">{note}; hover a word for its score.</p>',
+        _table(head, rows, "explained"),
     ]
 
 
@@ -363,6 +485,7 @@ def build_report(
     if not loaded:
         raise ZhtuneError("build_report: no evaluations to report")
     rows = [e["row"] for e in loaded]
+    multi = [bool(r.get("multi_label")) for r in rows]
     first = loaded[0]["metrics"]
     now = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     doc = [
@@ -375,10 +498,11 @@ def build_report(
         f"{html.escape(str(first.get('split', 'test')))} rows · labels "
         f"{html.escape(', '.join(first.get('labels', [])))} · generated {now}</p>",
         _headline(rows),
-        '<p class="muted">ECE: expected calibration error over equal-width confidence bins (15 by default) '
-        "(lower is better); T-scaled: after temperature scaling fitted on the dev split. "
-        "Robustness: mean accuracy over the perturbations divided by the clean accuracy "
-        "(1.0 = unaffected). texts/s: CPU prediction speed on the test rows.</p>",
+        *(
+            f'<p class="muted">{note}</p>'
+            for note, shown in ((NOTE, not all(multi)), (MULTI_NOTE, any(multi)))
+            if shown
+        ),
     ]
     doc += [_model_section(i, e) for i, e in enumerate(loaded)]
     doc.append("</body></html>")

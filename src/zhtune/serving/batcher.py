@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
+from typing import Any
 
 import numpy as np
 
@@ -93,11 +94,12 @@ class Metrics:
 
 
 class _Job:
-    __slots__ = ("texts", "future")
+    __slots__ = ("texts", "future", "call")
 
-    def __init__(self, texts: list[str]) -> None:
+    def __init__(self, texts: list[str], call: Callable[[], Any] | None = None) -> None:
         self.texts = texts
         self.future: Future = Future()
+        self.call = call  # run alone on the worker (an explanation), not merged into a batch
 
 
 class Batcher:
@@ -121,6 +123,7 @@ class Batcher:
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="zhtune-batcher", daemon=True)
         self._stopped = False
+        self._carry: _Job | None = None  # a call job met while collecting a batch
 
     def start(self) -> None:
         self._thread.start()
@@ -131,6 +134,15 @@ class Batcher:
 
     def submit(self, texts: list[str]) -> Future:
         """Queue ``texts``; the future gets an array (len(texts), n_labels). Raises QueueFull."""
+        return self._enqueue(_Job(texts))
+
+    def submit_call(self, call: Callable[[], Any]) -> Future:
+        """Queue ``call()`` to run alone on the worker thread, between micro-batches (so it
+        never runs beside a forward pass: captum's hooks see only its own inputs); it counts
+        toward ``max_pending`` like a request. The future gets its result. Raises QueueFull."""
+        return self._enqueue(_Job([], call))
+
+    def _enqueue(self, job: _Job) -> Future:
         with self._lock:
             if self._stopped:
                 raise QueueFull("the server is shutting down")
@@ -141,7 +153,6 @@ class Batcher:
             self._pending += 1
             if self.metrics:
                 self.metrics.pending.set(self._pending)
-        job = _Job(texts)
         job.future.add_done_callback(self._done)
         self._queue.put(job)
         return job.future
@@ -171,6 +182,9 @@ class Batcher:
                 break
             if job is _STOP:
                 return jobs, True
+            if job.call is not None:  # runs on its own, after this batch
+                self._carry = job
+                break
             jobs.append(job)
             n += len(job.texts)
         return jobs, False
@@ -178,9 +192,12 @@ class Batcher:
     def _run(self) -> None:
         stop = False
         while not stop:
-            first = self._queue.get()
+            first, self._carry = self._carry or self._queue.get(), None
             if first is _STOP:
                 break
+            if first.call is not None:
+                self._run_call(first)
+                continue
             jobs, stop = self._collect(first)
             jobs = [j for j in jobs if j.future.set_running_or_notify_cancel()]
             if not jobs:
@@ -206,11 +223,25 @@ class Batcher:
         # drain anything left (requests that raced with stop)
         while True:
             try:
-                job = self._queue.get_nowait()
+                job, self._carry = self._carry or self._queue.get_nowait(), None
             except queue.Empty:
                 return
-            if job is not _STOP and job.future.set_running_or_notify_cancel():
+            if job is _STOP:
+                continue
+            if job.call is not None:
+                self._run_call(job)
+            elif job.future.set_running_or_notify_cancel():
                 try:
                     job.future.set_result(self.predict_proba(job.texts))
                 except Exception as e:
                     job.future.set_exception(e)
+
+    @staticmethod
+    def _run_call(job: _Job) -> None:
+        if not job.future.set_running_or_notify_cancel():
+            return
+        try:
+            assert job.call is not None
+            job.future.set_result(job.call())
+        except Exception as e:  # the caller's error, answered to that request only
+            job.future.set_exception(e)

@@ -19,7 +19,8 @@ if TYPE_CHECKING:
     from zhtune.serving.server import AppState, ServeSettings
 
 KNOWN_PATHS = {
-    "/", "/health", "/metrics", "/v1/classify", "/predict", "/docs", "/openapi.json"
+    "/", "/health", "/metrics", "/v1/classify", "/v1/explain", "/predict", "/docs",
+    "/openapi.json",
 }  # fmt: skip
 PUBLIC_PATHS = {"/health"}
 

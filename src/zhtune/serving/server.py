@@ -2,7 +2,8 @@
 
 Endpoints (see docs/serving.md): ``POST /v1/classify``, ``GET /health``, ``GET /metrics``
 (Prometheus), ``GET /`` (web page), ``GET /docs`` + ``/openapi.json``; ``POST /`` (Hugging
-Face Inference API) and ``POST /predict`` (TEI) in ``compat.py``.
+Face Inference API) and ``POST /predict`` (TEI) in ``compat.py``; ``POST /v1/explain`` in
+``explain_route.py``.
 
 Every limit answers with its own status code and a JSON body
 ``{"error": {"status", "code", "message"}}``; bad input never gets a 5xx. The model is the
@@ -63,10 +64,12 @@ class ServeSettings:
     log_text: str = "hash"  # hash | full | none
     log_max_bytes: int = 50_000_000  # rotate the log past this size
     log_backups: int = 5  # rotated files kept
+    explain_max_units: int = 256  # POST /v1/explain: words (or characters) occlusion removes
 
     def check(self) -> None:
         """Raise :class:`ZhtuneError` for a limit out of range."""
-        for name in ("max_batch", "max_texts", "max_chars", "max_body_bytes", "max_queue"):
+        limits = ("max_batch", "max_texts", "max_chars", "max_body_bytes", "max_queue")
+        for name in (*limits, "explain_max_units"):
             if getattr(self, name) < 1:
                 raise ZhtuneError(f"--{name.replace('_', '-')} must be >= 1")
         if self.max_wait_ms < 0:
@@ -174,6 +177,9 @@ def create_app(settings: ServeSettings, classifier: Any = None) -> Guard:
     from zhtune.serving.compat import add_compat_routes  # imports this module
 
     add_compat_routes(app, state, err)
+    from zhtune.serving.explain_route import add_explain_route  # imports this module
+
+    add_explain_route(app, state, err)
     _add_health_metrics_routes(app, state)
     _add_page_route(app)
     if settings.api_key:
@@ -340,11 +346,7 @@ def _add_classify_route(app: "FastAPI", state: AppState, err: ErrDoc) -> None:
 async def run_batch(state: AppState, texts: list[str]) -> tuple[Any, Any]:
     """``(classifier, probabilities)`` for checked ``texts`` through the micro-batcher;
     :class:`ApiError` 503 while the model loads, 429 when the queue is full."""
-    clf, batcher = state.clf, state.batcher
-    if batcher is None:
-        raise ApiError(
-            503, "loading", "the model is still loading; retry in a moment", retry_after=2
-        )
+    clf, batcher = ready(state)
     try:
         future = batcher.submit(texts)
     except QueueFull as e:
@@ -354,6 +356,16 @@ async def run_batch(state: AppState, texts: list[str]) -> tuple[Any, Any]:
     probs = await asyncio.wrap_future(future)
     state.predictions.record(texts, clf.labels, probs)  # --log-predictions, /metrics series
     return clf, probs
+
+
+def ready(state: AppState) -> tuple[Any, Batcher]:
+    """``(classifier, batcher)`` once the model is loaded; :class:`ApiError` 503 before."""
+    clf, batcher = state.clf, state.batcher
+    if batcher is None:
+        raise ApiError(
+            503, "loading", "the model is still loading; retry in a moment", retry_after=2
+        )
+    return clf, batcher
 
 
 def checked_texts(
@@ -369,20 +381,21 @@ def checked_texts(
         )
     texts, cut = [], []
     for i, t in enumerate(given):
+        name = field if field == "text" else f"{field}[{i}]"  # "text": one text, no index
         if not NON_SPACE.search(t):
-            raise ApiError(422, "empty_text", f"{field}[{i}] is empty or only whitespace")
+            raise ApiError(422, "empty_text", f"{name} is empty or only whitespace")
         try:
             t.encode("utf-8")
         except UnicodeEncodeError:
             raise ApiError(
-                422, "invalid_text", f"{field}[{i}] is not valid Unicode (lone surrogate)"
+                422, "invalid_text", f"{name} is not valid Unicode (lone surrogate)"
             ) from None
         if len(t) > settings.max_chars:
             if not truncate:
                 raise ApiError(
                     422,
                     "text_too_long",
-                    f"{field}[{i}] has {len(t)} characters; the limit is "
+                    f"{name} has {len(t)} characters; the limit is "
                     f'{settings.max_chars} (or send "truncate": true)',
                 )
             t = t[: settings.max_chars]
@@ -519,6 +532,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from zhtune.serving.monitor import add_serve_arguments
 
     add_serve_arguments(p, d)
+    from zhtune.serving import explain_route
+
+    explain_route.add_arguments(p, d)
     p.add_argument(
         "--graceful-timeout",
         type=float,
