@@ -40,29 +40,10 @@ def _add_baseline(p: argparse.ArgumentParser) -> None:
 
 def _run_baseline(ns: argparse.Namespace) -> int:
     from zhtune.baseline import BaselineConfig, run_baseline
-    from zhtune.evaluation.metrics import format_table, table_columns
+    from zhtune.evaluation.metrics import print_run_summary
 
     cfg = config_from_args(BaselineConfig, ns)
-    m = run_baseline(cfg, ns.out)
-    print(
-        format_table(
-            [m],
-            table_columns(
-                m,
-                [
-                    ("model", "model"),
-                    ("accuracy", "accuracy"),
-                    ("macro_f1", "macro-F1"),
-                    ("weighted_f1", "weighted-F1"),
-                    ("roc_auc", "ROC-AUC"),
-                    ("n", "test rows"),
-                    ("train_seconds", "train s"),
-                    ("texts_per_second", "texts/s"),
-                ],
-            ),
-        )
-    )
-    print(f"\nrun directory: {ns.out}")
+    print_run_summary(run_baseline(cfg, ns.out), ns.out)
     return 0
 
 

@@ -123,6 +123,30 @@ def table_columns(metrics: dict, columns: list[tuple[str, str]]) -> list[tuple[s
     return kept[:1] + MULTI_LABEL_COLUMNS + kept[1:]
 
 
+# the end-of-run table of every training command (columns a run lacks are left out)
+RUN_SUMMARY_COLUMNS = [
+    ("model", "model"),
+    ("accuracy", "accuracy"),
+    ("macro_f1", "macro-F1"),
+    ("weighted_f1", "weighted-F1"),
+    ("roc_auc", "ROC-AUC"),
+    ("dev_accuracy", "dev accuracy"),
+    ("dev_macro_f1", "dev macro-F1"),
+    ("n", "test rows"),
+    ("steps", "steps"),
+    ("train_seconds", "train s"),
+    ("model_bytes", "model bytes"),
+    ("texts_per_second", "texts/s"),
+]
+
+
+def print_run_summary(metrics: dict, out: object) -> None:
+    """Print a finished run's one-row table (the columns it has) and its directory."""
+    cols = [c for c in table_columns(metrics, RUN_SUMMARY_COLUMNS) if metrics.get(c[0]) is not None]
+    print(format_table([metrics], cols))
+    print(f"\nrun directory: {out}")
+
+
 def format_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
     """A Markdown table; ``columns`` is a list of (key, header). Floats get 4 decimals."""
 

@@ -342,27 +342,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_cli(ns: argparse.Namespace) -> int:
-    from zhtune.evaluation.metrics import format_table, table_columns
+    from zhtune.evaluation.metrics import print_run_summary
 
     cfg = config_from_args(FinetuneConfig, ns)
-    m = run_finetune(cfg, ns.out)
-    print(
-        format_table(
-            [m],
-            table_columns(
-                m,
-                [
-                    ("model", "model"),
-                    ("accuracy", "accuracy"),
-                    ("macro_f1", "macro-F1"),
-                    ("dev_macro_f1", "dev macro-F1"),
-                    ("n", "test rows"),
-                    ("steps", "steps"),
-                    ("train_seconds", "train s"),
-                    ("texts_per_second", "texts/s"),
-                ],
-            ),
-        )
-    )
-    print(f"\nrun directory: {ns.out}")
+    print_run_summary(run_finetune(cfg, ns.out), ns.out)
     return 0

@@ -285,7 +285,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_cli(ns: argparse.Namespace) -> int:
     from zhtune.evaluation.evaluate import data_from_model
-    from zhtune.evaluation.metrics import format_table
+    from zhtune.evaluation.metrics import format_table, print_run_summary
 
     check_members(ns.runs)  # before reading a member's data settings
     # no data flags: the first member's own split settings (its config.yaml)
@@ -294,7 +294,5 @@ def run_cli(ns: argparse.Namespace) -> int:
     print(format_table(m["members"], [("name", "member"), ("kind", "kind"), ("weight", "weight"),
                                       ("dev_accuracy", "dev acc"), ("test_accuracy", "test acc")]))  # fmt: skip
     print()
-    print(format_table([m], [("model", "model"), ("accuracy", "accuracy"), ("macro_f1", "macro-F1"),
-                             ("dev_accuracy", "dev acc"), ("texts_per_second", "texts/s")]))  # fmt: skip
-    print(f"\nrun directory: {ns.out}")
+    print_run_summary(m, ns.out)
     return 0

@@ -362,29 +362,14 @@ def _pretrain_tiny_clm(data_cfg: DataConfig, out: Path, minutes: float, steps: i
 
 
 # --- CLI -----------------------------------------------------------------------------------
-SUMMARY = [
-    ("model", "model"),
-    ("accuracy", "accuracy"),
-    ("macro_f1", "macro-F1"),
-    ("dev_macro_f1", "dev macro-F1"),
-    ("n", "test rows"),
-    ("steps", "steps"),
-    ("train_seconds", "train s"),
-    ("model_bytes", "model bytes"),
-    ("texts_per_second", "texts/s"),
-]
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="run directory to write")
     add_config_args(parser, LlmConfig)
 
 
 def run_cli(ns: argparse.Namespace) -> int:
-    from zhtune.evaluation.metrics import format_table
+    from zhtune.evaluation.metrics import print_run_summary
 
     cfg = config_from_args(LlmConfig, ns)
-    m = run_lora(cfg, ns.out)
-    print(format_table([m], SUMMARY))
-    print(f"\nrun directory: {ns.out}")
+    print_run_summary(run_lora(cfg, ns.out), ns.out)
     return 0

@@ -155,11 +155,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_cli(ns: argparse.Namespace) -> int:
-    from zhtune.evaluation.metrics import format_table
+    from zhtune.evaluation.metrics import print_run_summary
 
-    m = run_zero_shot(config_from_args(ZeroShotConfig, ns), ns.out)
-    cols = [("model", "model"), ("accuracy", "accuracy"), ("macro_f1", "macro-F1"),
-            ("n", "test rows"), ("texts_per_second", "texts/s")]  # fmt: skip
-    print(format_table([m], cols))
-    print(f"\nrun directory: {ns.out}")
+    print_run_summary(run_zero_shot(config_from_args(ZeroShotConfig, ns), ns.out), ns.out)
     return 0
