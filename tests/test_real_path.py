@@ -122,6 +122,67 @@ def test_separate_tokenization_would_differ(qwen):
     assert separate != joint
 
 
+@pytest.fixture(scope="module")
+def qwen_lm(qwen):
+    from zhtune.llm.models import load_base, load_llm_tokenizer
+
+    tok = load_llm_tokenizer(str(qwen["base"]))
+    return tok, load_base(str(qwen["base"]), "scoring", tok).eval()
+
+
+# '：正面' / '：负面' are one token each; '好评' / '差评了' merge '：' with the first byte of
+# their first character (3 and 4 tokens); '非常好' / '非常差' share the tokens '：', '非常'
+WORD_SETS = {
+    "one-token": {"positive": ["正面"], "negative": ["负面"]},
+    "multi-token, merging": {"positive": ["正面", "好评"], "negative": ["负面", "差评了"]},
+    "shared first tokens": {"positive": ["非常好"], "negative": ["非常差"]},
+}
+
+
+@pytest.mark.parametrize("norm", ["sum", "mean"])
+@pytest.mark.parametrize("words", list(WORD_SETS))
+def test_scoring_computes_each_prompt_once(qwen_lm, words, norm):
+    """Finding 7: the prompt's KV cache is reused over the W label words; the scores are those
+    of the full B*W candidate rows (the canonical joint tokenization of prompt + word)."""
+    from zhtune.llm.scoring import LabelScorer
+
+    tok, lm = qwen_lm
+    scorer = LabelScorer(tok, TEMPLATE, WORD_SETS[words], norm)
+    texts = POS[:3] + NEG[:3]
+    encoded = scorer.encode(texts)
+    B, W = len(texts), scorer.n_words
+    with torch.no_grad():  # the full rows, every prompt W times
+        sums, counts = scorer.word_logprobs(lm, scorer.candidates(encoded))
+        full = scorer.class_scores(scorer.normalise(sums, counts).view(B, W))
+    calls: list[tuple[int, ...]] = []
+    hook = lm.register_forward_pre_hook(
+        lambda _m, _a, kw: calls.append(tuple(kw["input_ids"].shape)), with_kwargs=True
+    )
+    try:
+        cached = scorer.predict_scores(lm, texts, batch_size=B)
+    finally:
+        hook.remove()
+    probs = lambda s: torch.softmax(torch.as_tensor(s, dtype=torch.float64), -1)  # noqa: E731
+    assert (probs(cached) - probs(full)).abs().max() < 1e-5
+    longest = max(len(t) for _, tails in encoded for t in tails)
+    P = max(len(sh) for sh, _ in encoded)  # the prompts, computed once: B rows
+    assert calls[0][0] == B and calls[0][1] >= P
+    if words == "one-token":
+        assert calls == [(B, P)]  # one forward, B rows
+    else:  # then the B*W continuations over the cache: a few tokens each, not the prompt
+        assert len(calls) == 2 and calls[1][0] == B * W and calls[1][1] < longest
+        fed = sum(r * t for r, t in calls)
+        assert fed < B * W * P  # less than the prompts alone, W times each (the full rows)
+    if words == "shared first tokens":  # the cache prefix runs past the scored ids
+        assert calls[0][1] > P
+    # the Trainer's evaluation (ScoringModel in eval mode) scores the collator's rows this way
+    from zhtune.llm.models import ScoringModel
+
+    with torch.no_grad():
+        ev = ScoringModel(lm, scorer).eval()(**scorer.candidates(encoded, [0] * B))
+    assert (ev.logits - full).abs().max() < 1e-4 and torch.isfinite(ev.loss)
+
+
 def test_user_text_cannot_inject_special_tokens(qwen):
     from zhtune.llm.models import load_llm_tokenizer
     from zhtune.llm.scoring import LabelScorer

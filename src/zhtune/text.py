@@ -204,7 +204,7 @@ def train_bpe_tokenizer(
     ``Qwen2TokenizerFast`` in ``out`` (when given) and returned."""
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
     from tokenizers.trainers import BpeTrainer
-    from transformers import Qwen2TokenizerFast
+    from transformers import Qwen2TokenizerFast  # type: ignore[attr-defined]  # lazy export
 
     tok = Tokenizer(models.BPE())
     tok.normalizer = normalizers.NFC()
