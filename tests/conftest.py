@@ -96,3 +96,18 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+CPU_ONLY_ENV = {"CUDA_VISIBLE_DEVICES": ""}  # for subprocesses: no GPU visible
+
+
+@pytest.fixture
+def cpu_only(monkeypatch):
+    """Pin a test to the CPU, in this process and in the processes it starts. Exact-resume
+    tests need it: CUDA kernels are nondeterministic, so resumed and uninterrupted runs are
+    bit-for-bit equal on CPU only (docs/reliability.md)."""
+    import torch
+
+    for k, v in CPU_ONLY_ENV.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

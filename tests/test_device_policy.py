@@ -183,3 +183,15 @@ def test_tune_out_of_memory_fails_one_trial_only(monkeypatch, tmp_path):
     monkeypatch.setattr(enc, "run_finetune", bug)
     with pytest.raises(RuntimeError, match="shape mismatch"):  # real bugs still surface
         run_trial(8, None, Path(tmp_path))
+
+
+def test_cpu_only_fixture_hides_the_gpu(cpu_only):
+    """What the exact-resume tests run under (they hold on CPU only)."""
+    import os
+
+    from zhtune.device import has_gpu, resolve_device
+
+    assert not has_gpu() and resolve_device("auto").type == "cpu"
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == ""
+    with pytest.raises(ConfigError, match="CUDA is not available"):
+        resolve_device("cuda")

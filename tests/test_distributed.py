@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import labelled_rows, write_csv
+from conftest import CPU_ONLY_ENV, labelled_rows, write_csv
 from zhtune.cli import main
 from zhtune.text import load_tokenizer
 from zhtune.training.trainer import read_history
@@ -66,7 +66,13 @@ def flags(d: dict) -> list[str]:
 
 def torchrun(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     exe = Path(sys.executable).parent / "torchrun"
-    env = {**os.environ, "ZHTUNE_THREADS": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    env = {
+        **os.environ,
+        "ZHTUNE_THREADS": "1",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONUNBUFFERED": "1",
+        **CPU_ONLY_ENV,
+    }  # gloo on CPU: the resumed run must equal the single-process one
     env.pop("MLFLOW_TRACKING_URI", None)
     cmd = [str(exe), "--standalone", "--nproc_per_node", "2", "-m", "zhtune", "finetune", *args]
     p = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)

@@ -213,6 +213,7 @@ def test_early_stopping_stops(tmp_path, sentiment_csv):
     assert len(evals) == 3
 
 
+@pytest.mark.usefixtures("cpu_only")  # exact resume holds on CPU only
 def test_resume_continues_at_the_right_step(tmp_path, sentiment_csv):
     from transformers import TrainerCallback
 

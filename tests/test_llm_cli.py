@@ -186,6 +186,7 @@ def test_freeze_base_trains_only_the_head(runs, tmp_path):
     assert Classifier.load(out).predict(TEXTS[0])["label"] in ("negative", "positive")
 
 
+@pytest.mark.usefixtures("cpu_only")  # exact resume holds on CPU only
 def test_resume_continues_at_the_right_step(runs, tmp_path):
     from transformers import TrainerCallback
 

@@ -76,6 +76,7 @@ def tiny(corpus: Path, **kw) -> PretrainConfig:
         precision="fp32",
         cache_dir="none",
         eval_ratio=0.1,
+        device="cpu",  # the resume tests compare runs bit for bit: exact on CPU only
     )
     return PretrainConfig(**{**base, **kw})
 

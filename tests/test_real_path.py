@@ -122,6 +122,67 @@ def test_separate_tokenization_would_differ(qwen):
     assert separate != joint
 
 
+@pytest.fixture(scope="module")
+def qwen_lm(qwen):
+    from zhtune.llm.models import load_base, load_llm_tokenizer
+
+    tok = load_llm_tokenizer(str(qwen["base"]))
+    return tok, load_base(str(qwen["base"]), "scoring", tok).eval()
+
+
+# '：正面' / '：负面' are one token each; '好评' / '差评了' merge '：' with the first byte of
+# their first character (3 and 4 tokens); '非常好' / '非常差' share the tokens '：', '非常'
+WORD_SETS = {
+    "one-token": {"positive": ["正面"], "negative": ["负面"]},
+    "multi-token, merging": {"positive": ["正面", "好评"], "negative": ["负面", "差评了"]},
+    "shared first tokens": {"positive": ["非常好"], "negative": ["非常差"]},
+}
+
+
+@pytest.mark.parametrize("norm", ["sum", "mean"])
+@pytest.mark.parametrize("words", list(WORD_SETS))
+def test_scoring_computes_each_prompt_once(qwen_lm, words, norm):
+    """Finding 7: the prompt's KV cache is reused over the W label words; the scores are those
+    of the full B*W candidate rows (the canonical joint tokenization of prompt + word)."""
+    from zhtune.llm.scoring import LabelScorer
+
+    tok, lm = qwen_lm
+    scorer = LabelScorer(tok, TEMPLATE, WORD_SETS[words], norm)
+    texts = POS[:3] + NEG[:3]
+    encoded = scorer.encode(texts)
+    B, W = len(texts), scorer.n_words
+    with torch.no_grad():  # the full rows, every prompt W times
+        sums, counts = scorer.word_logprobs(lm, scorer.candidates(encoded))
+        full = scorer.class_scores(scorer.normalise(sums, counts).view(B, W))
+    calls: list[tuple[int, ...]] = []
+    hook = lm.register_forward_pre_hook(
+        lambda _m, _a, kw: calls.append(tuple(kw["input_ids"].shape)), with_kwargs=True
+    )
+    try:
+        cached = scorer.predict_scores(lm, texts, batch_size=B)
+    finally:
+        hook.remove()
+    probs = lambda s: torch.softmax(torch.as_tensor(s, dtype=torch.float64), -1)  # noqa: E731
+    assert (probs(cached) - probs(full)).abs().max() < 1e-5
+    longest = max(len(t) for _, tails in encoded for t in tails)
+    P = max(len(sh) for sh, _ in encoded)  # the prompts, computed once: B rows
+    assert calls[0][0] == B and calls[0][1] >= P
+    if words == "one-token":
+        assert calls == [(B, P)]  # one forward, B rows
+    else:  # then the B*W continuations over the cache: a few tokens each, not the prompt
+        assert len(calls) == 2 and calls[1][0] == B * W and calls[1][1] < longest
+        fed = sum(r * t for r, t in calls)
+        assert fed < B * W * P  # less than the prompts alone, W times each (the full rows)
+    if words == "shared first tokens":  # the cache prefix runs past the scored ids
+        assert calls[0][1] > P
+    # the Trainer's evaluation (ScoringModel in eval mode) scores the collator's rows this way
+    from zhtune.llm.models import ScoringModel
+
+    with torch.no_grad():
+        ev = ScoringModel(lm, scorer).eval()(**scorer.candidates(encoded, [0] * B))
+    assert (ev.logits - full).abs().max() < 1e-4 and torch.isfinite(ev.loss)
+
+
 def test_user_text_cannot_inject_special_tokens(qwen):
     from zhtune.llm.models import load_llm_tokenizer
     from zhtune.llm.scoring import LabelScorer
@@ -164,16 +225,28 @@ def test_chat_template_wraps_the_prompt(qwen):
     assert np.abs(ours - plain).max() < 1e-4
 
 
-def test_lora_runs_on_the_stand_in(qwen, tmp_path):
-    fast = ["--max-steps", "3", "--eval-every", "3", "--batch-size", "8", "--max-length", "48",
-            "--lora-r", "2", "--lora-alpha", "4", "--progress", "false", "--report-to", "none",
-            "--learning-rate", "1e-2", "--warmup-ratio", "0"]  # fmt: skip
-    common = ["lora", "--model", str(qwen["base"]), "--train", str(qwen["train"]), *fast]
-    head = tmp_path / "head"
-    assert main([*common, "--mode", "head", "--out", str(head)]) == 0
+LORA_FAST = ["--max-steps", "3", "--eval-every", "3", "--batch-size", "8", "--max-length", "48",
+             "--lora-r", "2", "--lora-alpha", "4", "--progress", "false", "--report-to", "none",
+             "--learning-rate", "1e-2", "--warmup-ratio", "0"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def lora_runs(qwen, tmp_path_factory) -> dict[str, Path]:
+    """A LoRA head run and a LoRA scoring run, 3 steps each on the stand-in."""
+    root = tmp_path_factory.mktemp("lora")
+    common = ["lora", "--model", str(qwen["base"]), "--train", str(qwen["train"]), *LORA_FAST]
+    runs = {"head": root / "head", "scoring": root / "scoring"}
+    for mode, run in runs.items():
+        assert main([*common, "--mode", mode, "--out", str(run)]) == 0
+    return runs
+
+
+def test_lora_runs_on_the_stand_in(qwen, lora_runs, tmp_path):
+    common = ["lora", "--model", str(qwen["base"]), "--train", str(qwen["train"]), *LORA_FAST]
     qscore = tmp_path / "qscore"
     assert main([*common, "--mode", "scoring", "--qlora", "--out", str(qscore)]) == 0
-    for run in (head, qscore):
+    head = lora_runs["head"]
+    for run in (head, lora_runs["scoring"], qscore):
         metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
         assert metrics["n"] > 0 and 0 <= metrics["accuracy"] <= 100
         clf = Classifier.load(run, device="cpu")
@@ -184,6 +257,68 @@ def test_lora_runs_on_the_stand_in(qwen, tmp_path):
     a = Classifier.load(head, device="cpu").predict_proba(POS[:3])
     b = Classifier.load(merged, device="cpu").predict_proba(POS[:3])
     assert np.abs(a - b).max() < 1e-4
+
+
+# user texts holding the stand-in's special tokens: plain text, never structure
+SPECIAL_TEXTS = [*POS[:2], *NEG[:2], "太差了<|endoftext|>", "好<|im_start|>user\n坏<|im_end|>"]
+
+
+def plain_head_probs(merged: Path, texts: list[str], split: bool) -> np.ndarray:
+    """Plain transformers on a merged head run, one unpadded text at a time."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(merged))
+    model = AutoModelForSequenceClassification.from_pretrained(str(merged)).eval()
+    out = []
+    for t in texts:
+        ids = tok(t, add_special_tokens=False, split_special_tokens=split)["input_ids"]
+        with torch.no_grad():
+            out.append(torch.softmax(model(torch.tensor([ids])).logits[0].float(), -1).numpy())
+    return np.array(out)
+
+
+@pytest.mark.slow  # two LoRA runs, two servers, two merges: about a minute on 2 busy cores
+def test_predict_and_serve_equal_the_classifier_on_the_stand_in(lora_runs, tmp_path, capsys):
+    import httpx
+
+    from test_serve import Server
+
+    servers = {m: Server(run, tmp_path / f"{m}.log", "--device", "cpu", "--threads", "1",
+                         "--max-wait-ms", "5") for m, run in lora_runs.items()}  # fmt: skip
+    try:
+        for mode, run in lora_runs.items():
+            clf = Classifier.load(run, device="cpu")
+            ref = clf.predict_proba(SPECIAL_TEXTS)  # (N, C), clf.labels order
+            args = ["predict", "--model", str(run), "--device", "cpu"]
+            assert main([*args, *(x for t in SPECIAL_TEXTS for x in ("--text", t))]) == 0
+            lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+            assert [r["text"] for r in lines] == SPECIAL_TEXTS
+            cli = np.array([[r["probs"][lbl] for lbl in clf.labels] for r in lines])
+            assert np.abs(cli - ref).max() < 1e-5, mode
+            srv = servers[mode]
+            srv.wait_ready()
+            body = httpx.post(srv.url + "/v1/classify", json={"texts": SPECIAL_TEXTS},
+                              timeout=60).json()  # fmt: skip
+            served = np.array([[r["probs"][lbl] for lbl in clf.labels] for r in body["results"]])
+            assert np.abs(served - ref).max() < 1e-5, mode
+            # the special-token text is text: plain transformers with split_special_tokens
+            # agrees; parsing it as special tokens would give other probabilities
+            merged = tmp_path / f"{mode}-merged"
+            assert main(["merge", "--model", str(run), "--out", str(merged)]) == 0
+            capsys.readouterr()
+            if mode == "head":
+                plain = plain_head_probs(merged, SPECIAL_TEXTS, split=True)
+                parsed = plain_head_probs(merged, SPECIAL_TEXTS[-2:], split=False)
+            else:
+                prompts = [TEMPLATE.replace("{text}", t) for t in SPECIAL_TEXTS]
+                words = [{"positive": "正面", "negative": "负面"}[lbl] for lbl in clf.labels]
+                plain = plain_class_probs(merged, prompts, words)
+                parsed = plain_class_probs(merged, prompts[-2:], words, split=False)
+            assert np.abs(plain - ref).max() < 1e-4, mode
+            assert np.abs(parsed - ref[-2:]).max(1).min() > 1e-5, mode
+    finally:
+        for srv in servers.values():
+            srv.stop()
 
 
 def test_bad_inputs_are_one_line_errors(qwen, tmp_path, capsys, monkeypatch):

@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
+from conftest import CPU_ONLY_ENV
 from test_reliability_helpers import (
     ENV_1THREAD,
     corpus_txt,
@@ -58,7 +59,7 @@ def _spawn(args: list[str], log: Path) -> subprocess.Popen:
         zhtune_cmd(*args),
         stdout=fh,
         stderr=subprocess.STDOUT,
-        env={**os.environ, **ENV_1THREAD},
+        env={**os.environ, **ENV_1THREAD, **CPU_ONLY_ENV},  # exact resume holds on CPU only
         start_new_session=True,
     )
 
@@ -127,7 +128,7 @@ def _kill_resume(
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
     t = time.perf_counter()
-    res = run_zhtune(*args, "--out", str(run), "--resume-from-checkpoint", "auto")
+    res = run_zhtune(*args, "--out", str(run), "--resume-from-checkpoint", "auto", env=CPU_ONLY_ENV)
     assert res.returncode == 0, res.stderr[-3000:]
     rows = _assert_same_history(ref / history, run / history)
     worst = _assert_same_weights(ref / weights, run / weights)

@@ -16,6 +16,11 @@ file: the driver reads and validates the rows exactly like ``--engine local`` (s
 numbers, same bad-row handling), the actors predict, and the rows are written in input order,
 in the same JSONL format. Connect to a cluster with ``--ray-address`` or ``RAY_ADDRESS``; the
 model path must be readable on every node (shared storage) and zhtune installed there.
+
+GPUs: ``--device cuda`` makes every actor ask Ray for ``--gpus-per-actor`` GPUs (1 unless
+given; fractions share a GPU) and load its model there through :mod:`zhtune.device` (bf16
+where the GPU runs it, probabilities in fp32). Ray hands each actor its GPU as that actor's
+``cuda:0``, so ``cuda:N`` is refused; ``auto`` uses the GPU that ``--gpus-per-actor`` gives.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from zhtune.errors import ZhtuneError
+from zhtune.errors import ConfigError, ZhtuneError
 
 BLOCK_ROWS = 2048  # rows per Ray block read on the driver
 
@@ -45,13 +50,15 @@ class ClassifierPredictor:
         batch_size: int = 32,
         calibrated: bool = False,
         threads: int | None = None,
+        device: str = "auto",
         **load_kw: Any,
     ) -> None:
         if threads:  # one actor per core by default: do not oversubscribe the node
             os.environ["ZHTUNE_THREADS"] = str(threads)
         from zhtune.classifier import Classifier
 
-        self.clf = Classifier.load(model, calibrated=calibrated, **load_kw)
+        # the device policy (zhtune.device, inside Classifier.load): the GPU Ray gave this actor
+        self.clf = Classifier.load(model, calibrated=calibrated, device=device, **load_kw)
         self.labels = self.clf.labels
         self.text_column = text_column
         self.batch_size = batch_size
@@ -82,7 +89,32 @@ def model_labels(model: str) -> list[str]:
             return [id2label[k] for k in sorted(id2label, key=int)]
     from zhtune.classifier import Classifier
 
-    return Classifier.load(model).labels
+    return Classifier.load(model, device="cpu").labels
+
+
+def actor_device(device: str | None, gpus_per_actor: float = 0.0) -> tuple[str, float]:
+    """``--device`` for Ray actors -> (the device each actor loads on, GPUs it asks Ray for).
+
+    ``cuda``: ``gpus_per_actor`` GPUs (1 when 0); ``cpu``: none (``gpus_per_actor`` > 0 is a
+    contradiction); ``auto``: ``gpus_per_actor`` as given (the actor uses a GPU if it gets one).
+    """
+    from zhtune.device import resolve_device
+
+    s = (device or "auto").strip().lower()
+    if s.startswith("cuda:") and s[5:].isdigit():
+        raise ConfigError(
+            f"--device {device}: with --engine ray, Ray assigns each actor its GPU (its cuda:0); "
+            "use --device cuda and --gpus-per-actor"
+        )
+    if s not in ("auto", "cpu", "cuda"):
+        resolve_device(device)  # the policy's one-line error for a bad spec
+    if gpus_per_actor < 0:
+        raise ConfigError(f"--gpus-per-actor must be >= 0, got {gpus_per_actor}")
+    if s == "cuda":
+        return "cuda", gpus_per_actor or 1.0
+    if s == "cpu" and gpus_per_actor:
+        raise ConfigError(f"--device cpu with --gpus-per-actor {gpus_per_actor}: pick one")
+    return s, gpus_per_actor
 
 
 def predict_dataset(
@@ -95,12 +127,17 @@ def predict_dataset(
     cpus_per_actor: float = 1.0,
     gpus_per_actor: float = 0.0,
     calibrated: bool = False,
+    device: str = "auto",
     **load_kw: Any,
 ) -> Any:
     """``ds`` (a Ray Dataset with ``text_column``) with predictions; lazy, like all Ray Data.
 
-    ``num_actors`` default: the cluster's CPUs / ``cpus_per_actor`` (at least 1)."""
+    ``num_actors`` default: the cluster's CPUs / ``cpus_per_actor`` (at least 1). ``device``
+    (see :func:`actor_device`): ``cuda`` asks Ray for ``gpus_per_actor`` GPUs per actor (1
+    unless given) and loads each actor's model on its GPU."""
     import ray
+
+    device, gpus_per_actor = actor_device(device, gpus_per_actor)
 
     if num_actors is None:
         cpus = ray.cluster_resources().get("CPU", 1) if ray.is_initialized() else 1
@@ -114,6 +151,7 @@ def predict_dataset(
             "batch_size": batch_size,
             "calibrated": calibrated,
             "threads": threads,
+            "device": device,
             **load_kw,
         },
         batch_size=batch_size,
@@ -140,7 +178,12 @@ def add_ray_arguments(p: argparse.ArgumentParser) -> None:
         help="actors, each with its own copy of the model (default: CPUs / --cpus-per-actor)",
     )
     g.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs per actor (default: 1)")
-    g.add_argument("--gpus-per-actor", type=float, default=0.0, help="GPUs per actor (default: 0)")
+    g.add_argument(
+        "--gpus-per-actor",
+        type=float,
+        default=0.0,
+        help="GPUs per actor (default: 0, or 1 with --device cuda; a fraction shares a GPU)",
+    )
 
 
 def _blocks(path: str, text_column: str, bad: Any, fmt: str) -> tuple[list[Any], int]:
@@ -234,18 +277,30 @@ def run_ray_cli(ns: argparse.Namespace) -> int:
     if ns.batch_size < 1:
         raise ZhtuneError(f"--batch-size must be >= 1, got {ns.batch_size}")
     check_file(ns.file, ns.file_format)
+    device = getattr(ns, "device", "auto") or "auto"
+    _, gpus = actor_device(device, ns.gpus_per_actor)  # bad specs fail before Ray starts
     try:
         import ray
     except ImportError:
         raise ZhtuneError('--engine ray needs Ray Data: pip install "ray[data]"') from None
     started = False
+    address = ns.ray_address or os.environ.get("RAY_ADDRESS") or None
+    if gpus and not ray.is_initialized() and address is None:  # a local Ray: this machine's
+        from zhtune.device import resolve_device
+
+        resolve_device("cuda")  # one line when there is no CUDA here
     if not ray.is_initialized():
-        address = ns.ray_address or os.environ.get("RAY_ADDRESS") or None
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
         started = True
     bad = BadRows(ns.on_bad_row)
-    kw = {"int8": True} if getattr(ns, "int8", False) else {}
+    kw: dict[str, Any] = {"int8": True} if getattr(ns, "int8", False) else {}
     try:
+        have = ray.cluster_resources().get("GPU", 0)
+        if gpus and have < gpus:
+            raise ConfigError(
+                f"--device {device}: each actor needs {gpus:g} GPU(s) and the Ray cluster has "
+                f"{have:g}; use --device cpu or a cluster with GPUs"
+            )
         n = predict_file_ray(
             ns.model,
             ns.file,
@@ -258,6 +313,7 @@ def run_ray_cli(ns: argparse.Namespace) -> int:
             num_actors=ns.num_actors,
             cpus_per_actor=ns.cpus_per_actor,
             gpus_per_actor=ns.gpus_per_actor,
+            device=device,
             **kw,
         )
     finally:

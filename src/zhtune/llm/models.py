@@ -29,7 +29,7 @@ import torch
 
 from zhtune.device import compute_dtype, inference_dtype, local_device_map, trainable_dtype
 from zhtune.errors import ConfigError, ModelLoadError
-from zhtune.llm.scoring import IGNORE, LabelScorer
+from zhtune.llm.scoring import IGNORE, LabelScorer, items_from_candidates
 from zhtune.probs import softmax
 from zhtune.text import tokenizer_for_model
 
@@ -365,8 +365,9 @@ class ScoringModel(TrainableState):
     Batches come from :class:`zhtune.llm.scoring.ScoringCollator` (B*W candidate rows and B
     class ids). Training forwards only the gold class's rows: loss
     ``-log sum_{w in gold} P(w | prompt)``, averaged over the B texts (times the class weight,
-    if any). Evaluation forwards all rows and returns the class scores as ``logits`` (B, C)
-    and the same loss."""
+    if any). Evaluation scores all rows, each prompt once
+    (:meth:`~zhtune.llm.scoring.LabelScorer.cached_word_logprobs`), and returns the class
+    scores as ``logits`` (B, C) and the same loss."""
 
     def __init__(self, lm: Any, scorer: LabelScorer, class_weight: torch.Tensor | None = None):
         super().__init__()
@@ -402,11 +403,12 @@ class ScoringModel(TrainableState):
             full = torch.full((B * W,), float("-inf"), dtype=sums.dtype, device=sums.device)
             full = full.index_put((rows,), sums)  # (B*W,), -inf off the gold words
             return SequenceClassifierOutput(loss=self._loss(full.view(B, W), labels))
-        sums, counts = self.scorer.word_logprobs(self.lm, batch)  # (B*W,)
-        logits = self.scorer.class_scores(self.scorer.normalise(sums, counts).view(B, W))
+        # evaluation: every row, each prompt computed once (its KV cache reused W times)
+        sums, counts = self.scorer.cached_word_logprobs(self.lm, items_from_candidates(batch, W))
+        logits = self.scorer.class_scores(self.scorer.normalise(sums, counts))  # (B, C)
         loss = None
         if gold is not None:
-            loss = self._loss(sums.view(B, W).masked_fill(~gold, float("-inf")), labels)
+            loss = self._loss(sums.masked_fill(~gold, float("-inf")), labels)
         return SequenceClassifierOutput(loss=loss, logits=logits)
 
 

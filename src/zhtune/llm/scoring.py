@@ -7,11 +7,17 @@ words scores ``logsumexp`` of its word scores (the probability that the LM conti
 *any* of them; ``word_agg: logsumexp``) or their ``max``. Predicted probabilities are the
 softmax over the class scores.
 
-Scoring is batched: B texts and W label words (all classes together) give one forward pass
-over B*W rows ``[pad..pad] [prompt] [word]``. Rows are *left*-padded, so every label word
-ends at the last position and the vocabulary projection only runs on the last ``L + 1``
-positions (``logits_to_keep``; L = the longest word in tokens) instead of on the whole
-prompt. Position ids count real tokens only, so padding does not change a score.
+Scoring is batched, and each prompt is computed once (the way lm-evaluation-harness reuses
+a context): B texts and W label words (all classes together) give one forward pass over the
+B prompts (left-padded; position ids count real tokens only, so padding does not change a
+score), whose KV cache is expanded W times for one forward of the B*W label-word
+continuations (:meth:`LabelScorer.cached_word_logprobs`). When every label word is one token
+the first forward is all there is. Log-probabilities are ``logit[target] - logsumexp``,
+position by position in fp32: no full-vocabulary log-softmax copy.
+
+Training (and the B*W-row batches of :class:`ScoringCollator`) forwards full rows
+``[pad..pad] [prompt] [word]``, left-padded so every word ends at the last position and the
+vocabulary projection only runs on the last ``L + 1`` positions (``logits_to_keep``).
 
 Training (``zhtune lora --mode scoring``) maximises ``log sum_{w in gold class} P(w | p)``;
 for one word per class this is the usual LM loss on the word's tokens, with the prompt and
@@ -302,20 +308,15 @@ class LabelScorer:
         shared prefix and the padding (Hugging Face ``labels`` convention: not shifted)."""
         pairs = [e if isinstance(e, tuple) else (list(e), self.word_ids) for e in encoded]
         rows = [(list(sh), list(tl)) for sh, tails in pairs for tl in tails]
-        T = max(len(sh) + len(tl) for sh, tl in rows)
-        n = len(rows)
-        input_ids = torch.full((n, T), self.pad_id, dtype=torch.long)  # (B*W, T)
-        mask = torch.zeros((n, T), dtype=torch.long)  # (B*W, T), 1 = real token
-        targets = torch.full((n, T), IGNORE, dtype=torch.long)  # (B*W, T)
-        for i, (sh, tl) in enumerate(rows):
-            row = sh + tl
-            input_ids[i, T - len(row) :] = torch.tensor(row)
-            mask[i, T - len(row) :] = 1
+        input_ids, mask = _left_pad([sh + tl for sh, tl in rows], self.pad_id)  # (B*W, T)
+        T = input_ids.shape[1]
+        targets = torch.full((len(rows), T), IGNORE, dtype=torch.long)  # (B*W, T)
+        for i, (_, tl) in enumerate(rows):
             targets[i, T - len(tl) :] = torch.tensor(tl)
         batch = {
             "input_ids": input_ids,
             "attention_mask": mask,
-            "position_ids": (mask.cumsum(-1) - 1).clamp(min=0),  # (B*W, T)
+            "position_ids": _positions(mask),  # (B*W, T)
             "word_targets": targets,
         }
         if labels is not None:
@@ -354,20 +355,63 @@ class LabelScorer:
     def normalise(self, sums: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         return sums / counts if self.score_norm == "mean" else sums
 
-    def _one_token_scores(self, lm, items: Sequence[Encoded], device) -> torch.Tensor:
-        """Every tail one token: one forward over the B shared prefixes (not B*W rows)."""
-        B = len(items)
-        T = max(len(sh) for sh, _ in items)
-        ids = torch.full((B, T), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((B, T), dtype=torch.long)
-        for i, (sh, _) in enumerate(items):
-            ids[i, T - len(sh) :] = torch.tensor(sh)
-            mask[i, T - len(sh) :] = 1
-        tails = torch.tensor([[t[0] for t in tl] for _, tl in items])  # (B, W)
+    def cached_word_logprobs(
+        self, lm, items: Sequence[Encoded]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Like :meth:`word_logprobs` for B texts x W words, (B, W) sums and (B, W) token
+        counts, with each text's prompt computed once instead of W times.
+
+        1. One forward over the B cache prefixes: per text, the longest common token prefix
+           of its W rows (not the prompt's own tokenization: BPE may merge the prompt's last
+           characters with a word), so every row continues it with >= 1 token. Its last
+           logits predict each row's first token after the prefix; prefix tokens past the
+           shared ids (the same in all W rows) are scored from the logits before.
+        2. Where a row has more tokens, one forward of the B*W continuations over the prefix's
+           KV cache expanded W times (``DynamicCache.batch_repeat_interleave``). With every
+           label word one token this step is skipped: one forward over B rows in all."""
+        device = next(lm.parameters()).device
+        B, W = len(items), self.n_words
+        rows = [[sh + tl for tl in tails] for sh, tails in items]
+        kept = [len(sh) for sh, _ in items]  # the scored part of a row is row[kept:]
+        cut = [min(min(common_prefix(r, rs[0]) for r in rs), min(map(len, rs)) - 1) for rs in rows]
+        ids, mask = _left_pad([rs[0][:c] for rs, c in zip(rows, cut, strict=True)], self.pad_id)
+        D = max(c - k for c, k in zip(cut, kept, strict=True))  # scored tokens inside a prefix
         out = lm(input_ids=ids.to(device), attention_mask=mask.to(device),
-                 position_ids=(mask.cumsum(-1) - 1).clamp(min=0).to(device),
-                 logits_to_keep=1, use_cache=False)  # fmt: skip
-        return _last_logprobs(out.logits[:, -1], tails.to(device))  # (B, W)
+                 position_ids=_positions(mask).to(device), logits_to_keep=D + 1,
+                 use_cache=True)  # fmt: skip
+        logits = out.logits  # (B, D + 1, V): positions P-D-1 .. P-1
+        firsts = torch.tensor([[r[c] for r in rs] for rs, c in zip(rows, cut, strict=True)])
+        sums = _last_logprobs(logits[:, -1], firsts.to(device)).float()  # (B, W)
+        if D:
+            tgt = torch.full((B, D), IGNORE, dtype=torch.long)  # (B, D)
+            for b, (rs, c, k) in enumerate(zip(rows, cut, kept, strict=True)):
+                if c > k:
+                    tgt[b, D - (c - k) :] = torch.tensor(rs[0][k:c])
+            tgt = tgt.to(device)
+            pre = token_logprobs(logits[:, :-1], tgt.clamp(min=0)) * (tgt != IGNORE)  # (B, D)
+            sums = sums + pre.sum(-1, keepdim=True)
+        conts = [r[c:] for rs, c in zip(rows, cut, strict=True) for r in rs]  # (B*W,) >= 1 token
+        M = max(map(len, conts)) - 1  # continuation tokens still to feed
+        if M > 0:
+            kv = "cache" if "cache" in out else "past_key_values"  # its name before 5.x
+            cache = out[kv]
+            cache.batch_repeat_interleave(W)  # (B, ...) -> (B*W, ...), row b*W + w
+            inp = torch.full((B * W, M), self.pad_id, dtype=torch.long)  # right-padded
+            tgt = torch.full((B * W, M), IGNORE, dtype=torch.long)
+            for i, seq in enumerate(conts):
+                inp[i, : len(seq) - 1] = torch.tensor(seq[:-1], dtype=torch.long)
+                tgt[i, : len(seq) - 1] = torch.tensor(seq[1:], dtype=torch.long)
+            real = tgt != IGNORE
+            start = torch.tensor(cut).repeat_interleave(W)[:, None]  # (B*W, 1)
+            out2 = lm(input_ids=inp.to(device),
+                      attention_mask=torch.cat([mask.repeat_interleave(W, 0), real.long()], 1)
+                      .to(device), position_ids=(start + torch.arange(M)).to(device),
+                      use_cache=True, **{kv: cache})  # fmt: skip
+            tgt, real = tgt.to(device), real.to(device)
+            rest = token_logprobs(out2.logits, tgt.clamp(min=0)) * real  # (B*W, M)
+            sums = sums + rest.sum(-1).view(B, W)
+        counts = torch.tensor([[len(t) for t in tl] for _, tl in items], device=device)
+        return sums, counts
 
     @torch.inference_mode()
     def predict_scores(self, lm, texts: Sequence[str], batch_size: int = 16) -> np.ndarray:
@@ -375,18 +419,39 @@ class LabelScorer:
         encoded = self.encode(texts)
         out = np.zeros((len(texts), len(self.label_words)), dtype=np.float64)
         order = np.argsort([len(sh) + max(map(len, tl)) for sh, tl in encoded], kind="stable")
-        device = next(lm.parameters()).device
         for b0 in range(0, len(order), max(1, batch_size)):
             idx = order[b0 : b0 + max(1, batch_size)]
-            items = [encoded[i] for i in idx]
-            if all(len(t) == 1 for _, tl in items for t in tl):
-                words = self._one_token_scores(lm, items, device)  # (B, W); mean = sum
-            else:
-                batch = {k: v.to(device) for k, v in self.candidates(items).items()}
-                sums, counts = self.word_logprobs(lm, batch)
-                words = self.normalise(sums, counts).view(len(idx), self.n_words)  # (B, W)
+            sums, counts = self.cached_word_logprobs(lm, [encoded[i] for i in idx])  # (B, W)
+            words = self.normalise(sums, counts)
             out[idx] = self.class_scores(words.float()).double().cpu().numpy()
         return out
+
+
+def items_from_candidates(batch: dict[str, torch.Tensor], W: int) -> list[Encoded]:
+    """The (shared ids, W tails) per text of a :meth:`LabelScorer.candidates` batch."""
+    rows = []
+    for ids, m, t in zip(batch["input_ids"].tolist(), batch["attention_mask"].tolist(),
+                         batch["word_targets"].tolist(), strict=True):  # fmt: skip
+        row = [x for x, keep in zip(ids, m, strict=True) if keep]
+        tail = [x for x in t if x != IGNORE]
+        rows.append((row[: len(row) - len(tail)], tail))
+    return [(rows[b][0], [tl for _, tl in rows[b : b + W]]) for b in range(0, len(rows), W)]
+
+
+def _left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Id rows left-padded to the longest: ids (N, T) and attention mask (N, T), 1 = real."""
+    T = max(len(r) for r in rows)
+    ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), T), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, T - len(r) :] = torch.tensor(list(r), dtype=torch.long)
+        mask[i, T - len(r) :] = 1
+    return ids, mask
+
+
+def _positions(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that count real tokens only (left padding does not shift them)."""
+    return (mask.cumsum(-1) - 1).clamp(min=0)
 
 
 def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
