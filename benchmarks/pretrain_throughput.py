@@ -40,6 +40,7 @@ from zhtune.pretrain.loop import (
     autocast_context,
     bf16_supported,
     build_model,
+    compile_body,
     make_collator,
     make_optimizer,
     param_counts,
@@ -111,10 +112,13 @@ def load() -> str:
     return f"load average {one:.2f} {five:.2f} {fifteen:.2f} ({os.cpu_count()} CPUs)"
 
 
-def zhtune_runner(cfg, tok, train, precision: str) -> Runner:
-    """zhtune: sparse MLM head, whole-word masking, per-batch padding, length grouping."""
-    zcfg = replace(cfg, precision=precision)
+def zhtune_runner(cfg, tok, train, precision: str, compiled: bool = False) -> Runner:
+    """zhtune: sparse MLM head, whole-word masking, per-batch padding, length grouping
+    (``compiled``: the body under torch.compile, widths padded to multiples of 32)."""
+    zcfg = replace(cfg, precision=precision, compile=compiled)
     model = build_model(zcfg, tok).train()
+    if compiled:
+        compile_body(model, zcfg.objective)
     opt = make_optimizer(model, zcfg)
     autocast, _ = autocast_context(precision, torch.device("cpu"))
     collate = make_collator(zcfg, tok, seed=zcfg.seed)
@@ -124,7 +128,15 @@ def zhtune_runner(cfg, tok, train, precision: str) -> Runner:
         return train_step(model, batch, opt, None, zcfg, autocast)
 
     batches = [lambda idx=idx: collate([train[i] for i in idx]) for idx in order]
-    runner = Runner(f"zhtune {precision}", step, batches)
+    if compiled:  # compile every batch width before timing (one untimed step each)
+        seen: set[tuple] = set()
+        for make in batches[:400]:
+            b = make()
+            if tuple(b["input_ids"].shape) not in seen:
+                seen.add(tuple(b["input_ids"].shape))
+                step(b)
+        print(f"compiled {len(seen)} batch shapes before timing: {sorted(seen)}")
+    runner = Runner(f"zhtune {precision}" + (" compiled" if compiled else ""), step, batches)
     runner.counts = param_counts(model)
     return runner
 
@@ -188,6 +200,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps per setup first")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--compile", action="store_true",
+                    help="also time zhtune with the body under torch.compile (a third row)")  # fmt: skip
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if args.threads:
@@ -212,13 +226,18 @@ def main() -> int:
     peak = matmul_peak(dtype)
     runners = [baseline_runner(cfg, tok, train, args.precision),
                zhtune_runner(cfg, tok, train, args.precision)]  # fmt: skip
+    if args.compile:
+        runners.append(zhtune_runner(cfg, tok, train, args.precision, compiled=True))
     for r in range(args.rounds):
         for runner in runners:
             runner.run(args.seconds / args.rounds, warmup=args.warmup if r == 0 else 0)
     peak = max(matmul_peak(dtype), peak)  # before and after (a shared machine): best wins
     print(f"\nmatmul peak ({args.precision}, 2048x2048, this run): {peak:.0f} GFLOP/s; {load()}")
     report(runners, peak, cfg.hidden_size, len(tok))
-    base, ours = runners
+    base, ours = runners[:2]
+    if args.compile:
+        print(f"compiled / eager zhtune: {runners[2].tps / ours.tps:.2f}x")
+        ours = max(runners[1:], key=lambda r: r.tps)
     print(f"\nratio zhtune / HF baseline ({args.precision} both): {ours.tps / base.tps:.2f}x")
     return 0
 

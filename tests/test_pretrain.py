@@ -13,7 +13,13 @@ import torch
 from zhtune.config import load_config
 from zhtune.errors import ConfigError
 from zhtune.pretrain.corpus import build_chunks, chunk_spans, load_corpus
-from zhtune.pretrain.loop import PretrainConfig, predict_targets, run_pretrain
+from zhtune.pretrain.loop import (
+    PretrainConfig,
+    build_model,
+    make_collator,
+    predict_targets,
+    run_pretrain,
+)
 from zhtune.text import load_tokenizer
 from zhtune.training.checkpoints import list_checkpoints
 
@@ -368,3 +374,23 @@ def test_fresh_start_keeps_an_earlier_runs_checkpoints_unless_overwrite(corpus, 
     assert [c.name for c in list_checkpoints(tmp_path / "checkpoints")] == ["step-00000002"]
     run_pretrain(replace(cfg, resume_from_checkpoint="none", overwrite=True), tmp_path)
     assert [c.name for c in list_checkpoints(tmp_path / "checkpoints")] == ["step-00000002"]
+
+
+@pytest.mark.slow  # torch.compile: ~1 min of compiling on 2 cores
+def test_compile_pads_to_fixed_widths_and_saves_the_same_names(corpus, tmp_path):
+    """--compile: batch widths are multiples of COMPILE_WIDTH, the loss stays finite, and
+    the saved model has the eager model's parameter names (loads as a plain HF model)."""
+    from transformers import AutoModelForMaskedLM
+
+    from zhtune.pretrain.model import COMPILE_WIDTH
+    from zhtune.text import load_tokenizer
+
+    cfg = tiny(corpus, compile=True, max_steps=3, save_steps=0)
+    collate = make_collator(cfg, load_tokenizer(), seed=0)
+    short = (np.arange(5, 12, dtype=np.int32), np.arange(7, dtype=np.int32))
+    assert collate([short])["input_ids"].shape[1] == COMPILE_WIDTH
+    result = run_pretrain(cfg, tmp_path / "c")
+    assert np.isfinite(result.metrics["eval_loss"])
+    eager = build_model(tiny(corpus), load_tokenizer()).state_dict().keys()
+    loaded = AutoModelForMaskedLM.from_pretrained(tmp_path / "c")
+    assert set(loaded.state_dict().keys()) == set(eager)

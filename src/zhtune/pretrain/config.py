@@ -90,6 +90,11 @@ class PretrainConfig:
     precision: str = arg(
         "auto", "auto: bf16 autocast where the hardware supports it", ("auto", "fp32", "bf16")
     )
+    compile: bool = arg(
+        False,
+        "torch.compile the transformer body (batch widths padded to multiples of "
+        "COMPILE_WIDTH so that only a few shapes compile; the first steps of each are slow)",
+    )
     num_threads: int = arg(
         0, "CPU threads for torch (0: torch's default); 1 can be faster on a busy, shared machine"
     )

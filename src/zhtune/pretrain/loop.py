@@ -34,6 +34,7 @@ from zhtune.pretrain import distributed as ddp
 from zhtune.pretrain.config import RESUME_MUST_MATCH, PretrainConfig  # noqa: F401
 from zhtune.pretrain.model import (  # noqa: F401  (re-exported: the names tests and benchmarks use)
     build_model,
+    compile_body,
     evaluate,
     make_collator,
     make_optimizer,
@@ -226,6 +227,8 @@ def _setup(cfg: PretrainConfig, out: str | Path) -> PretrainRun:
         torch.set_num_threads(cfg.num_threads)
     model = build_model(cfg, tokenizer).to(device)  # seeded by cfg.seed: the same on every rank
     model.train()
+    if cfg.compile:
+        compile_body(model, cfg.objective)
     global_batch = cfg.batch_size * world * cfg.gradient_accumulation_steps
     steps_per_epoch = len(epoch_batches(cfg, train.lengths, world, 0))
     total = cfg.max_steps or max(1, math.ceil(cfg.num_train_epochs * steps_per_epoch))

@@ -116,13 +116,27 @@ def set_generation_ids(model, tokenizer, objective: str):
     return tokenizer
 
 
+COMPILE_WIDTH = 32  # with compile: batch widths are multiples of this (a few shapes only)
+
+
 def make_collator(cfg: PretrainConfig, tokenizer, seed: int):
     """Whole-word masking (MLM) or padding only (CLM); its ``generator`` is seeded."""
     from zhtune.pretrain.masking import CausalCollator, WholeWordMaskCollator
 
+    multiple = COMPILE_WIDTH if getattr(cfg, "compile", False) else 1
     if cfg.objective == "mlm":
-        return WholeWordMaskCollator(tokenizer, cfg.mask_prob, seed=seed)
-    return CausalCollator(tokenizer, seed=seed)
+        return WholeWordMaskCollator(
+            tokenizer, cfg.mask_prob, seed=seed, pad_to_multiple_of=multiple
+        )
+    return CausalCollator(tokenizer, pad_to_multiple_of=multiple, seed=seed)
+
+
+def compile_body(model: torch.nn.Module, objective: str) -> None:
+    """``torch.compile`` the transformer body in place (parameter names unchanged, so
+    checkpoints and the saved model are the same). The sparse head is left eager: the number
+    of scored positions changes every step."""
+    body = model.get_submodule("roberta" if objective == "mlm" else "model")
+    body.compile(dynamic=False)
 
 
 def param_counts(model) -> dict[str, int]:
