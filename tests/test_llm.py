@@ -147,8 +147,15 @@ def test_prompt_tokens_carry_no_loss(lm, tok):
         # -100 on padding and prompt, the word's ids on the word's positions
         assert targets == [IGNORE] * (T - len(word)) + word
         assert batch["input_ids"][row, T - len(prompt) - len(word) :].tolist() == prompt + word
-    # the training loss is the LM loss of the gold words alone (HF labels -100 on the prompt)
+    # loss "classes" (the default): the cross-entropy of the class scores that predict uses
     model = ScoringModel(lm, scorer)
+    with torch.no_grad():
+        train_loss = model.train()(**batch).loss
+        eval_logits = model.eval()(**batch).logits  # (B, C): each prompt once, KV cache
+    ce = torch.nn.functional.cross_entropy(eval_logits, batch["labels"])
+    assert train_loss.item() == pytest.approx(ce.item(), abs=1e-4)
+    # loss "lm": the LM loss of the gold words alone (HF labels -100 on the prompt)
+    model = ScoringModel(lm, scorer, loss="lm")
     model.train()
     with torch.no_grad():
         loss = model(**batch).loss

@@ -40,7 +40,8 @@ def _flags(**kw) -> list[str]:
 @pytest.mark.slow
 def test_tiny_quickstart_every_stage(tmp_path, capsys):
     out = tmp_path / "qs"
-    assert main(["quickstart", "--out", str(out), *_flags()]) == 0
+    every = "baseline,finetune,scratch,llm/lora-head,llm/lora-scoring"
+    assert main(["quickstart", "--out", str(out), *_flags(ensemble_members=every)]) == 0
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     runs = [r["run"] for r in summary["rows"]]
     assert runs == [

@@ -74,6 +74,12 @@ class LlmConfig(LongTextConfig, AugmentConfig, TrainingConfig):
         False, "mode scoring: wrap the prompt with the tokenizer's chat template (instruct models)"
     )
     score_norm: str = arg("sum", "multi-token words: sum or mean of token log-probs", SCORE_NORMS)
+    scoring_loss: str = arg(
+        "classes",
+        "mode scoring: cross-entropy over the classes' label-word scores (PET/LM-BFF), or the "
+        "language-model loss of the gold word only",
+        ("classes", "lm"),
+    )
     word_agg: str = arg("logsumexp", "several words per class: combine their scores", WORD_AGGS)
     learning_rate: float = arg(2e-4, "peak learning rate of AdamW (LoRA needs a larger one)")
     batch_size: int = arg(8, "training batch size per step (before accumulation)")
@@ -153,7 +159,7 @@ def build_model(cfg: LlmConfig, labels: list[str], tokenizer: Any, splits: Any):
         return model, train, dev, None, multilabel.manifest_extra(cfg, splits.multi_label)
     ids = splits.train.label_ids(lmap)
     weight = class_weight_tensor(cfg.class_weights, ids, len(labels))
-    model = ScoringModel(add_lora(base, "scoring", **lora), scorer, weight)
+    model = ScoringModel(add_lora(base, "scoring", **lora), scorer, weight, cfg.scoring_loss)
     train = prompt_dataset(scorer, splits.train.texts, ids)
     dev = prompt_dataset(scorer, splits.dev.texts, splits.dev.label_ids(lmap))
     extra = {

@@ -363,17 +363,27 @@ class ScoringModel(TrainableState):
     """Training/evaluation view of label scoring for the Trainer.
 
     Batches come from :class:`zhtune.llm.scoring.ScoringCollator` (B*W candidate rows and B
-    class ids). Training forwards only the gold class's rows: loss
-    ``-log sum_{w in gold} P(w | prompt)``, averaged over the B texts (times the class weight,
-    if any). Evaluation scores all rows, each prompt once
+    class ids). ``loss="classes"`` (default; prompt-based fine-tuning as in PET / LM-BFF):
+    every candidate row is forwarded and the loss is the cross-entropy of the class scores
+    (the softmax over the label words that predict uses). ``loss="lm"``: only the gold
+    class's rows are forwarded, loss ``-log sum_{w in gold} P(w | prompt)`` (the language-
+    model loss of the answer). Both averaged over the B texts (times the class weight, if
+    any). Evaluation scores all rows, each prompt once
     (:meth:`~zhtune.llm.scoring.LabelScorer.cached_word_logprobs`), and returns the class
     scores as ``logits`` (B, C) and the same loss."""
 
-    def __init__(self, lm: Any, scorer: LabelScorer, class_weight: torch.Tensor | None = None):
+    def __init__(
+        self,
+        lm: Any,
+        scorer: LabelScorer,
+        class_weight: torch.Tensor | None = None,
+        loss: str = "classes",
+    ):
         super().__init__()
         self.lm = lm
         self.scorer = scorer
         self.class_weight = class_weight
+        self.loss = loss
 
     def _loss(self, gold_sums: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         nll = -gold_sums.logsumexp(-1)  # (B,)
@@ -395,6 +405,15 @@ class ScoringModel(TrainableState):
         }
         cls = self.scorer.word_class.to(input_ids.device)
         gold = None if labels is None else cls[None, :] == labels[:, None]  # (B, W)
+        if self.training and self.loss == "classes":
+            if labels is None:
+                raise ValueError("training needs labels")
+            sums, counts = self.scorer.word_logprobs(self.lm, batch)  # (B*W,), text-major
+            words = self.scorer.normalise(sums, counts).view(B, W)
+            logits = self.scorer.class_scores(words)  # (B, C)
+            weight = None if self.class_weight is None else self.class_weight.to(logits.device)
+            ce = torch.nn.functional.cross_entropy(logits.float(), labels, weight=weight)
+            return SequenceClassifierOutput(loss=ce, logits=logits)
         if self.training:
             if gold is None:
                 raise ValueError("training needs labels")

@@ -51,6 +51,10 @@ class QuickstartConfig(DataConfig):
     llm_lora_r: int = arg(8, "LLM branch: LoRA rank")
     llm_max_length: int = arg(96, "LLM branch: max tokens per text")
     # ensemble and distillation
+    ensemble_members: list[str] = arg(
+        ["baseline", "finetune"],
+        "runs the ensemble combines: baseline, finetune, scratch, llm/lora-head, llm/lora-scoring",
+    )
     ensemble_method: str = arg(
         "weighted", "how the ensemble combines its members", ("mean", "weighted", "stack")
     )
@@ -78,14 +82,18 @@ class QuickstartConfig(DataConfig):
     pretrain_learning_rate: float = arg(1e-3, "pretraining peak learning rate")
     # fine-tuning budget
     finetune_epochs: float = arg(2.0, "fine-tuning epochs (pretrained and scratch)")
-    finetune_max_steps: int | None = arg(None, "fine-tuning steps (overrides epochs)")
-    finetune_learning_rate: float = arg(3e-4, "fine-tuning peak learning rate")
+    finetune_max_steps: int | None = arg(
+        300, "fine-tuning steps (the schedule's length; None = finetune_epochs)"
+    )
+    finetune_learning_rate: float = arg(
+        1e-4, "fine-tuning peak learning rate (the best of 1e-4/3e-4/1e-3 at 300 steps)"
+    )
     scratch_learning_rate: float | None = arg(
         None, "learning rate of the scratch control (default: finetune_learning_rate)"
     )
     batch_size: int = arg(32, "fine-tuning batch size")
-    max_length: int = arg(256, "fine-tuning max tokens per text (reviews: 98 percent fit in 256)")
-    eval_every: float = arg(0.25, "dev evaluation every N steps or fraction of an epoch")
+    max_length: int = arg(128, "fine-tuning max tokens per text (reviews: 82 percent fit in 128)")
+    eval_every: float = arg(100, "dev evaluation every N steps or fraction of an epoch")
     patience: int | None = arg(None, "early stopping patience in evaluations (None = off)")
     precision: str = arg(
         "auto", "auto = bf16 autocast when the CPU/GPU supports it", ("auto", "fp32", "bf16")
@@ -104,6 +112,9 @@ class QuickstartConfig(DataConfig):
         check(self.pretrain_max_steps >= 1, "pretrain_max_steps", "must be >= 1")
         check(self.llm_pretrain_max_steps >= 1, "llm_pretrain_max_steps", "must be >= 1")
         check(self.finetune_epochs > 0, "finetune_epochs", "must be > 0")
+        runs = ("baseline", "finetune", "scratch", "llm/lora-head", "llm/lora-scoring")
+        for name in self.ensemble_members:
+            check(name in runs, "ensemble_members", f"{name!r} is not one of {', '.join(runs)}")
         check(
             bool(self.base_model.strip()), "base_model", "give auto, pretrain, builtin:NAME or DIR"
         )

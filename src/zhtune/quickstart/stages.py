@@ -278,16 +278,12 @@ def _llm_stage(cfg: QuickstartConfig, out: Path, res: _Results) -> None:
     gc.collect()
 
 
-# members of the ensemble: every trained model of the quickstart (not the zero-shot row)
-ENSEMBLE_RUNS = ("baseline", "finetune", "scratch", "llm/lora-head", "llm/lora-scoring")
-
-
 def _ensemble_stage(cfg: QuickstartConfig, out: Path, res: _Results) -> None:
     """The trained models combined (out/ensemble; weights fitted on the dev rows)."""
     from zhtune.finetune.ensemble import EnsembleConfig, run_ensemble
 
-    # every trained model; the weights fitted on the dev rows decide how much each counts
-    rows = [r for r in res.rows if r["run"] in ENSEMBLE_RUNS]
+    # the weights fitted on the dev rows decide how much each member counts
+    rows = [r for r in res.rows if r["run"] in cfg.ensemble_members]
     members = [out / r["run"] for r in rows]
     if len(members) < 2:
         log.info("quickstart: fewer than two trained models, no ensemble")
