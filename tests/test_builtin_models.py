@@ -89,6 +89,11 @@ def test_every_model_shipped_in_the_package(name, folder):
     assert recorded["heldout_sample"]["eval_loss"] < recorded["unigram_loss"]
 
 
+def test_shipped_models_fit_in_40_mb_in_all():
+    total = sum(f.stat().st_size for _, folder in SHIPPED for f in folder.iterdir())
+    assert total <= 40e6, f"{total / 1e6:.1f} MB of shipped models"
+
+
 def test_quickstart_fine_tunes_a_shipped_fp16_base(shipped, monkeypatch, tmp_path):
     """--base-model builtin:NAME end to end: fp16 weights are trained in fp32, and the
     scratch control takes the base's architecture."""

@@ -154,6 +154,8 @@ def ship_model(
             title=f"{name}: {cfg.objective.upper()} pretraining loss",
         )
     last = history[-1] if history else {}
+    run_metrics = _run_dir(source) / "metrics.json"
+    final = json.loads(run_metrics.read_text(encoding="utf-8")) if run_metrics.is_file() else {}
     write_json(
         dest / "metrics.json",
         {
@@ -164,6 +166,13 @@ def ship_model(
             "dtype": "float16" if fp16 else "float32",
             "unigram_loss": unigram_loss(train),
             "heldout_sample": heldout_loss(dest),
+            # the run's own held-out evaluation (all its held-out chunks), when it finished
+            "run_eval": {
+                k: final[k]
+                for k in ("eval_loss", "eval_accuracy", "perplexity", "tokens_per_second")
+                if k in final
+            }
+            or None,
         },
     )
     files = sorted(p.name for p in dest.iterdir() if p.is_file() and p.name != SHA256SUMS)

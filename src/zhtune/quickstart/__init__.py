@@ -10,9 +10,13 @@ Stages, each its own run directory under ``--out``, all on the same train/dev/te
    if this version ships one, else ``pretrain``;
 3. ``finetune/``: the base fine-tuned for classification (:mod:`zhtune.finetune.encoder`);
 4. ``scratch/``: the control: the same architecture and fine-tuning from random weights;
-5. ``compare/``: every model scored on the same test rows by ``zhtune compare``;
-6. ``llm/``: a causal LM (``--llm-base-model``, same rules), then LoRA with a classifier head,
-   LoRA by label scoring, and zero-shot label scoring (:func:`zhtune.llm.lora.run_llm_branch`).
+5. ``llm/``: a causal LM (``--llm-base-model``, same rules), then LoRA with a classifier head,
+   LoRA by label scoring, and zero-shot label scoring (:func:`zhtune.llm.lora.run_llm_branch`);
+6. ``ensemble/``: ``ensemble_members`` (default TF-IDF + the fine-tuned encoder) combined with
+   weights fitted on the dev rows (:mod:`zhtune.finetune.ensemble`);
+7. ``distill/``: one encoder of the base's shape trained on the ensemble's soft labels
+   (:mod:`zhtune.finetune.distill`), as fast as the fine-tuned model;
+8. ``compare/``: every model scored on the same test rows by ``zhtune compare``.
 
 **Every budget is a step count** (``*_max_steps``, ``finetune_epochs``), so two runs give the
 same rows on any machine (up to floating-point noise). ``pretrain_minutes`` and
