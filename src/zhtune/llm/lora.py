@@ -343,7 +343,9 @@ def run_llm_branch(
     zs = ZeroShotConfig(model=base_model, max_length=96, **data)
     rows.append(run_zero_shot(zs, out / "zero-shot"))
     for row in rows:
-        row["pretrain_seconds"] = pretrain_seconds
+        row["pretrain_seconds"] = (
+            pretrain_seconds or None
+        )  # None: a given base, not pretrained here
     return rows
 
 

@@ -88,7 +88,7 @@ def heldout_loss(folder: str | Path) -> dict:
     with np.load(folder / "heldout.npz", allow_pickle=False) as z:
         chunks = Chunks(z["ids"], z["wids"], z["starts"])
     auto = AutoModelForMaskedLM if cfg.objective == "mlm" else AutoModelForCausalLM
-    model = auto.from_pretrained(folder, torch_dtype=torch.float32, use_safetensors=True)
+    model = auto.from_pretrained(folder, dtype=torch.float32, use_safetensors=True)
     tokenizer = load_tokenizer(str(folder))
     torch.manual_seed(0)
     return evaluate(model, chunks, cfg, tokenizer, torch.device("cpu"), contextlib.nullcontext)

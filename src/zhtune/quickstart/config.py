@@ -45,8 +45,8 @@ class QuickstartConfig(DataConfig):
         None, "LLM branch: wall-clock cap on causal-LM pretraining (stops it early; None = off)"
     )
     llm_pretrain_max_steps: int = arg(600, "LLM branch: causal-LM pretraining steps")
-    llm_train_samples: int | None = arg(2000, "LLM branch: LoRA training rows (None = all)")
-    llm_learning_rate: float = arg(2e-3, "LLM branch: LoRA peak learning rate")
+    llm_train_samples: int | None = arg(4000, "LLM branch: LoRA training rows (None = all)")
+    llm_learning_rate: float = arg(1e-3, "LLM branch: LoRA peak learning rate")
     llm_epochs: float = arg(1.0, "LLM branch: LoRA epochs over llm_train_samples rows")
     llm_lora_r: int = arg(8, "LLM branch: LoRA rank")
     llm_max_length: int = arg(96, "LLM branch: max tokens per text")
