@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from zhtune.config import save_config, to_dict
 from zhtune.device import autocast_context, bf16_supported, resolve_device  # noqa: F401
-from zhtune.errors import ConfigError, ZhtuneError
+from zhtune.errors import ZhtuneError
 from zhtune.pretrain import distributed as ddp
 from zhtune.pretrain.config import RESUME_MUST_MATCH, PretrainConfig  # noqa: F401
 from zhtune.pretrain.model import (  # noqa: F401  (re-exported: the names tests and benchmarks use)
@@ -247,16 +247,10 @@ def _setup(cfg: PretrainConfig, out: str | Path) -> PretrainRun:
 
 def _fresh_start(cfg: PretrainConfig, ckpt_dir: Path) -> None:
     """Never delete or mix with an earlier run's complete checkpoints unless ``overwrite``."""
-    from zhtune.training.checkpoints import list_checkpoints, remove_stale_checkpoints
+    from zhtune.training.checkpoints import refuse_to_delete_checkpoints, remove_stale_checkpoints
     from zhtune.training.tracking import is_main_process
 
-    found = list_checkpoints(ckpt_dir)
-    if found and not cfg.overwrite:
-        raise ConfigError(
-            f"{ckpt_dir} holds {len(found)} complete checkpoint(s) of an earlier run (newest "
-            f"{found[-1].name}); resume with --resume-from-checkpoint auto, use another --out, "
-            "or pass --overwrite to delete them"
-        )
+    found = refuse_to_delete_checkpoints(ckpt_dir, cfg.overwrite)
     if found and is_main_process():
         remove_stale_checkpoints(ckpt_dir)
 

@@ -217,3 +217,18 @@ def check_resumable(path: Path, config: dict, corpus_key: str, fields: tuple[str
             f"cannot resume from {path}: it was written with {why}; "
             "use --resume-from-checkpoint none or another --out"
         )
+
+
+def refuse_to_delete_checkpoints(ckpt_dir: Path, overwrite: bool) -> list[Path]:
+    """A fresh start never deletes or mixes with an earlier run's complete checkpoints unless
+    ``overwrite``: a one-line error naming them. Returns the checkpoints found."""
+    from zhtune.errors import ConfigError
+
+    found = list_checkpoints(ckpt_dir)
+    if found and not overwrite:
+        raise ConfigError(
+            f"{ckpt_dir} holds {len(found)} complete checkpoint(s) of an earlier run (newest "
+            f"{found[-1].name}); resume with --resume-from-checkpoint auto, use another --out, "
+            "or pass --overwrite to delete them"
+        )
+    return found

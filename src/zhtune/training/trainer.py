@@ -268,6 +268,7 @@ from zhtune.training.checkpoints import (  # noqa: E402,F401  (re-exported: part
     find_checkpoint,
     is_complete_checkpoint,
     list_checkpoints,
+    refuse_to_delete_checkpoints,
     resolve_resume,
 )
 
@@ -499,20 +500,9 @@ def _prepare_resume(cfg: TrainingConfig, out: Path) -> Path | None:
     if tracking.is_main_process():
         _truncate_history(out / HISTORY_FILE, resume_step)
         if resume is None:
-            _refuse_to_delete_checkpoints(cfg, out / CHECKPOINT_DIR)
+            refuse_to_delete_checkpoints(out / CHECKPOINT_DIR, cfg.overwrite)
             _remove_stale_checkpoints(out / CHECKPOINT_DIR)
     return resume
-
-
-def _refuse_to_delete_checkpoints(cfg: TrainingConfig, ckpt_dir: Path) -> None:
-    """A fresh start never deletes an earlier run's complete checkpoints unless asked to."""
-    found = list_checkpoints(ckpt_dir)
-    if found and not cfg.overwrite:
-        raise ConfigError(
-            f"{ckpt_dir} holds {len(found)} complete checkpoint(s) of an earlier run (newest "
-            f"{found[-1].name}); resume with --resume-from-checkpoint auto, use another --out, "
-            "or pass --overwrite to delete them"
-        )
 
 
 def _fit(trainer: Any, cfg: TrainingConfig, out: Path, resume: Path | None) -> TrainResult:
