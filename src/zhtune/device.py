@@ -20,7 +20,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from zhtune.errors import ConfigError
@@ -119,9 +121,47 @@ def compute_dtype(device: Any = None) -> Any:
     return torch.float32
 
 
+LOADAVG = Path("/proc/loadavg")  # field 4: runnable tasks now / all tasks
+
+
+def _own_running_threads() -> int:
+    """Threads of this process that are running or runnable now (Linux), else 1."""
+    n = 0
+    for stat in Path("/proc/self/task").glob("*/stat"):
+        with contextlib.suppress(OSError, IndexError):
+            n += stat.read_text().rsplit(")", 1)[1].split()[0] == "R"
+    return max(1, n)
+
+
+def busy_elsewhere(samples: int = 5, interval: float = 0.02) -> int:
+    """Cores other processes keep busy now: the runnable tasks of ``/proc/loadavg`` less this
+    process's own, the median of a few samples. Where there is no ``/proc`` (not Linux): the
+    1-minute load average.
+
+    Not the load average on Linux: it decays over a minute, so a process that has just
+    trained on every core (one quickstart stage) would see itself as "other load" for the
+    next stage and halve its own threads."""
+    loadavg = LOADAVG
+    if not loadavg.is_file():
+        try:
+            return int(os.getloadavg()[0] + 0.5)
+        except (AttributeError, OSError):
+            return 0
+    seen = []
+    for i in range(samples):
+        try:
+            running = int(loadavg.read_text().split()[3].split("/")[0])
+        except (OSError, IndexError, ValueError):
+            return 0
+        seen.append(max(0, running - _own_running_threads()))
+        if i + 1 < samples:
+            time.sleep(interval)
+    return sorted(seen)[len(seen) // 2]
+
+
 def cpu_threads() -> int:
-    """Intra-op threads for inference: the usable cores less those other processes keep busy
-    (1-minute load average), at least 1. ``ZHTUNE_THREADS`` overrides.
+    """Intra-op threads: the usable cores less those other processes keep busy now
+    (:func:`busy_elsewhere`), at least 1. ``ZHTUNE_THREADS`` overrides.
 
     Intra-op threads meet at a barrier after every operator; when another process holds one
     of them off its core, the whole batch waits for it. On a busy 2-core machine one thread
@@ -133,11 +173,7 @@ def cpu_threads() -> int:
         cores = max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux
         cores = os.cpu_count() or 1
-    try:
-        busy = int(os.getloadavg()[0] + 0.5)
-    except (AttributeError, OSError):
-        busy = 0
-    return max(1, min(cores, cores - busy))
+    return max(1, min(cores, cores - busy_elsewhere()))
 
 
 def set_threads(n: int | None = None) -> int:
