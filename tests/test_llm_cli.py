@@ -120,6 +120,52 @@ def test_zero_shot_run_matches_direct_scoring(runs):
     assert np.abs(probs - expected / expected.sum(1, keepdims=True)).max() < 1e-5
 
 
+@pytest.mark.parametrize("method", ["content-free", "dev-mean"])
+def test_calibrated_zero_shot_subtracts_the_stored_bias(runs, method):
+    from zhtune.llm.calibrate import CONTENT_FREE, log_mean_probs
+    from zhtune.llm.models import load_base
+
+    out = runs["root"] / f"zs-{method}"
+    argv = ["zero-shot", "--train", str(runs["train"]), "--model", str(runs["base"]),
+            "--max-length", "32", "--calibrate", method, "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    m = read_manifest(out)
+    tok = load_llm_tokenizer(str(runs["base"]))
+    lm = load_base(str(runs["base"]), "scoring", tok)
+    scorer = scorer_from_manifest(tok, m)
+    if method == "content-free":
+        texts = list(CONTENT_FREE)
+    else:
+        from zhtune.llm.zeroshot import ZeroShotConfig, zero_shot_splits
+
+        cfg = load_config(ZeroShotConfig, out / "config.yaml")  # the run's own dev split
+        texts = zero_shot_splits(cfg).dev.texts
+    raw = scorer.predict_scores(lm, texts)
+    bias = log_mean_probs(raw)
+    assert np.allclose(m["class_bias"], bias - bias.mean(), atol=1e-6)
+    # calibrated: the mean probabilities of the calibration texts map to uniform ones
+    mapped = log_mean_probs(raw) - np.asarray(m["class_bias"])
+    assert np.allclose(np.exp(mapped - mapped.max()), 1.0, atol=1e-6)
+    # the scores of any text shift by exactly the bias
+    probs = Classifier.load(out).predict_proba(TEXTS)
+    s = scorer.predict_scores(lm, TEXTS) - np.asarray(m["class_bias"])
+    e = np.exp(s - s.max(1, keepdims=True))
+    assert np.abs(probs - e / e.sum(1, keepdims=True)).max() < 1e-5
+    assert json.loads((out / "metrics.json").read_text())["calibration"]["method"] == method
+
+
+def test_calibration_by_hand():
+    from zhtune.llm.calibrate import class_bias
+
+    scores = np.log(np.array([[1.0, 3.0], [1.0, 1.0]]))  # probabilities .25/.75 and .5/.5
+    bias, report = class_bias("dev-mean", lambda t: scores, ["a", "b"])
+    mean = np.log([0.375, 0.625])
+    assert np.allclose(bias, mean - mean.mean()) and report == {"method": "dev-mean", "texts": 2}
+    assert class_bias("none", lambda t: scores, [])[0] is None
+    with pytest.raises(Exception, match="needs dev texts"):
+        class_bias("dev-mean", lambda t: scores, [])
+
+
 @pytest.mark.parametrize("name", ["head", "scoring"])
 def test_merge_gives_the_logits_of_adapter_plus_base(runs, name):
     src = runs[name]
@@ -248,6 +294,10 @@ def test_bad_model_and_merge_inputs_give_one_line_errors(runs, tmp_path, capsys)
         ["lora", "--train", str(runs["train"]), "--model", str(tmp_path / "none"), "--out", "x"],
         ["zero-shot", "--train", str(runs["train"]), "--model", str(runs["base"]),
          "--max-length", "4", "--out", str(tmp_path / "z")],
+        ["zero-shot", "--test", str(runs["train"]), "--model", str(runs["base"]),
+         "--calibrate", "dev-mean", "--out", str(tmp_path / "z2")],  # test-only: no dev texts
+        ["zero-shot", "--train", str(runs["train"]), "--model", str(runs["base"]),
+         "--calibrate", "batch", "--out", str(tmp_path / "z3")],
         ["merge", "--model", str(runs["base"]), "--out", str(tmp_path / "m")],
     ]  # fmt: skip
     for argv in cases:

@@ -302,6 +302,7 @@ def run_llm_branch(
     max_eval_samples: int | None = 500,
     epochs: float = 1.0,
     overrides: dict[str, Any] | None = None,
+    zero_shot: dict[str, Any] | None = None,
 ) -> list[dict]:
     """Tiny causal LM -> LoRA head, LoRA scoring and zero-shot scoring; one row per model.
 
@@ -312,7 +313,8 @@ def run_llm_branch(
     training and ``max_eval_samples`` dev/test rows. Each row is the run's ``metrics.json``:
     model, accuracy, macro_f1, train_seconds, model_bytes, texts_per_second, parameters,
     pretrain_seconds, ... ``overrides``: LlmConfig fields for both LoRA runs (e.g.
-    ``learning_rate``, ``lora_r``, ``batch_size``)."""
+    ``learning_rate``, ``lora_r``, ``batch_size``); ``zero_shot``: ZeroShotConfig fields
+    (e.g. ``label_words``, ``calibrate``)."""
 
     from zhtune.llm.zeroshot import ZeroShotConfig, run_zero_shot
 
@@ -340,7 +342,7 @@ def run_llm_branch(
         log.info("LLM branch: %s", name)
         rows.append(run_lora(LlmConfig(**common, **kw), out / name))
     log.info("LLM branch: zero-shot")
-    zs = ZeroShotConfig(model=base_model, max_length=96, **data)
+    zs = ZeroShotConfig(model=base_model, max_length=96, **data, **(zero_shot or {}))
     rows.append(run_zero_shot(zs, out / "zero-shot"))
     for row in rows:
         row["pretrain_seconds"] = (

@@ -523,17 +523,25 @@ class HeadBackend:
 
 
 class ScoringBackend:
-    """Label scoring with a causal LM: softmax over the class scores."""
+    """Label scoring with a causal LM: softmax over the class scores, less ``class_bias``
+    (zero-shot calibration, :mod:`zhtune.llm.calibrate`; none = zeros)."""
 
-    def __init__(self, model: Any, scorer: LabelScorer) -> None:
+    def __init__(
+        self, model: Any, scorer: LabelScorer, class_bias: Sequence[float] | None = None
+    ) -> None:
         self.model, self.scorer = model, scorer
         self.labels = scorer.labels
+        self.class_bias = (
+            np.zeros(len(self.labels))
+            if class_bias is None
+            else np.asarray(class_bias, dtype=np.float64)
+        )
 
     def predict_logits(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
         """Class scores (N, C): the logits of label scoring."""
         # a batch is batch_size texts x W label words; keep the rows per forward bounded
         per = max(1, batch_size // max(1, self.scorer.n_words))
-        return self.scorer.predict_scores(self.model, texts, per)
+        return self.scorer.predict_scores(self.model, texts, per) - self.class_bias
 
     def predict_proba(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
         return softmax(self.predict_logits(texts, batch_size))
@@ -574,7 +582,7 @@ def load_backend(path: Path | str, manifest: dict, **kw: Any) -> HeadBackend | S
 
         head.multi_label = bool(manifest.get("multi_label"))
         return from_manifest(head, manifest)
-    return ScoringBackend(model, scorer_from_manifest(tok, manifest))
+    return ScoringBackend(model, scorer_from_manifest(tok, manifest), manifest.get("class_bias"))
 
 
 __all__ = [

