@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from zhtune.cli import main
 from zhtune.config import load_config
 from zhtune.errors import ConfigError
 from zhtune.pretrain.corpus import build_chunks, chunk_spans, load_corpus
@@ -394,3 +395,53 @@ def test_compile_pads_to_fixed_widths_and_saves_the_same_names(corpus, tmp_path)
     eager = build_model(tiny(corpus), load_tokenizer()).state_dict().keys()
     loaded = AutoModelForMaskedLM.from_pretrained(tmp_path / "c")
     assert set(loaded.state_dict().keys()) == set(eager)
+
+
+# --- continued pretraining (--init-from) ---------------------------------------------------
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "model.safetensors"))
+
+
+def test_init_from_starts_from_the_given_weights(corpus, mlm_run, tmp_path):
+    out, _ = mlm_run
+    # no learning (lr ~ 0): the continued model is the one it started from
+    cfg = tiny(corpus, init_from=str(out), hidden_size=64, num_heads=4, max_steps=2,
+               save_steps=0, learning_rate=1e-30, warmup_steps=0)  # fmt: skip
+    assert (cfg.hidden_size, cfg.num_heads, cfg.tokenizer_path) == (32, 2, str(out))  # its shape
+    run_pretrain(cfg, tmp_path / "same")
+    before, after = _weights(out), _weights(tmp_path / "same")
+    assert before.keys() == after.keys()
+    assert max(float((before[k] - after[k]).abs().max()) for k in before) < 1e-6
+    # with learning, the held-out loss moves from the start model's
+    moved = run_pretrain(tiny(corpus, init_from=str(out), max_steps=4, save_steps=0),
+                         tmp_path / "moved")  # fmt: skip
+    assert any(not torch.equal(before[k], v) for k, v in _weights(tmp_path / "moved").items())
+    assert moved.metrics["eval_loss"] > 0
+
+
+def test_init_from_a_bert_architecture_checkpoint(corpus, tmp_path):
+    from transformers import AutoModelForMaskedLM, BertConfig, BertForMaskedLM
+
+    from test_real_path import ROBERTA_WWM_EXT
+    from zhtune.text import load_tokenizer
+
+    base = tmp_path / "roberta-wwm-ext"
+    torch.manual_seed(0)
+    BertForMaskedLM(BertConfig(**ROBERTA_WWM_EXT)).save_pretrained(base)
+    load_tokenizer().save_pretrained(base)
+    run_pretrain(tiny(corpus, init_from=str(base), max_steps=3, save_steps=0), tmp_path / "dapt")
+    hf = AutoModelForMaskedLM.from_pretrained(tmp_path / "dapt")
+    assert type(hf).__name__ == "BertForMaskedLM"
+    start = _weights(base)["bert.encoder.layer.0.attention.self.query.weight"]
+    assert not torch.equal(
+        hf.state_dict()["bert.encoder.layer.0.attention.self.query.weight"], start
+    )
+
+
+def test_init_from_a_missing_model_is_one_line(corpus, tmp_path, capsys):
+    rc = main(["pretrain", "--text-files", str(corpus), "--init-from", str(tmp_path / "none"),
+               "--max-steps", "1", "--cache-dir", "none", "--out", str(tmp_path / "o")])  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "init_from" in err, err

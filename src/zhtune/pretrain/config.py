@@ -11,7 +11,7 @@ from zhtune.training.tracking import REPORT_TO
 
 # fields that must match between a checkpoint and the run that resumes from it
 RESUME_MUST_MATCH = (
-    "objective", "arch", "tokenizer_path", "hidden_size", "num_heads", "intermediate_size",
+    "objective", "arch", "init_from", "tokenizer_path", "hidden_size", "num_heads", "intermediate_size",
     "num_hidden_layers", "type_vocab_size", "max_seq_length", "batch_size", "seed",
     "gradient_accumulation_steps",
     "group_by_length", "eval_ratio", "max_eval_chunks",  # (these two decide the train chunks)
@@ -29,6 +29,11 @@ class PretrainConfig:
         "auto",
         "model architecture (auto: roberta for mlm, qwen2 for clm)",
         ("auto", "roberta", "qwen2"),
+    )
+    init_from: str | None = arg(
+        None,
+        "continue pretraining this model (builtin:NAME, DIR or hub id; safetensors): its "
+        "weights, architecture and tokenizer; the shape flags are then taken from it",
     )
     # corpus
     dataset: list[str] | None = arg(
@@ -117,6 +122,8 @@ class PretrainConfig:
 
     def __post_init__(self) -> None:
         validate_choices(self)
+        if self.init_from:
+            self._take_shape_from_init()
         if self.arch == "auto":
             self.arch = "roberta" if self.objective == "mlm" else "qwen2"
         want = {"mlm": "roberta", "clm": "qwen2"}[self.objective]
@@ -170,3 +177,29 @@ class PretrainConfig:
             v = getattr(self, name)
             check(v >= 0, name, f"must be >= 0, got {v}")
         check(bool(self.resume_from_checkpoint), "resume_from_checkpoint", "allowed: auto, none or a checkpoint path")  # fmt: skip
+
+    def _take_shape_from_init(self) -> None:
+        """``init_from``: builtin:NAME resolved; tokenizer, arch and shape from its
+        config.json (a hub id's config is read when the model loads)."""
+        import json
+        from pathlib import Path
+
+        from zhtune.runs import resolve_model
+
+        self.init_from = resolve_model(self.init_from)
+        self.tokenizer_path = self.tokenizer_path or self.init_from
+        f = Path(self.init_from) / "config.json"
+        if not f.is_file():
+            return
+        conf = json.loads(f.read_text(encoding="utf-8"))
+        kind = conf.get("model_type", "")
+        arch = "roberta" if kind in ("roberta", "bert") else "qwen2" if kind == "qwen2" else None
+        check(arch is not None or self.objective == "clm", "init_from",
+              f"{self.init_from}: model_type {kind!r} is not a BERT/RoBERTa MLM")  # fmt: skip
+        self.arch = arch or self.arch
+        shape = {"hidden_size": "hidden_size", "num_heads": "num_attention_heads",
+                 "intermediate_size": "intermediate_size",
+                 "num_hidden_layers": "num_hidden_layers"}  # fmt: skip
+        for mine, theirs in shape.items():
+            if theirs in conf:
+                setattr(self, mine, int(conf[theirs]))

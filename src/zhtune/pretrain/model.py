@@ -14,13 +14,48 @@ if TYPE_CHECKING:
     from zhtune.pretrain.loop import PretrainConfig
 
 
+def load_init(cfg: PretrainConfig, tokenizer) -> torch.nn.Module:
+    """``cfg.init_from``'s weights (safetensors only, fp32) for continued pretraining."""
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
+
+    from zhtune.errors import ModelLoadError
+
+    auto = AutoModelForMaskedLM if cfg.objective == "mlm" else AutoModelForCausalLM
+    try:
+        model = auto.from_pretrained(cfg.init_from, use_safetensors=True, dtype=torch.float32)
+    except (OSError, ValueError, KeyError) as e:
+        raise ModelLoadError(
+            f"init_from: cannot load {cfg.init_from} for {cfg.objective}: {e}"
+        ) from None
+    if model.get_input_embeddings().weight.shape[0] < len(tokenizer):
+        raise ModelLoadError(
+            f"init_from: {cfg.init_from} has {model.get_input_embeddings().weight.shape[0]} "
+            f"embeddings but the tokenizer {len(tokenizer)} entries; use the model's tokenizer"
+        )
+    return model
+
+
+def body_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """The transformer body (``model.roberta``/``bert``/``model``) and the output head
+    (``lm_head``/``cls``): the model's one child that is not the body."""
+    body = model.base_model
+    heads = [m for n, m in model.named_children() if m is not body]
+    if len(heads) != 1:
+        from zhtune.errors import ModelLoadError
+
+        raise ModelLoadError(f"{type(model).__name__}: expected a body and one output head")
+    return body, heads[0]
+
+
 def build_model(cfg: PretrainConfig, tokenizer) -> torch.nn.Module:
-    """A randomly initialised standard HF model (seeded by ``cfg.seed``)."""
+    """A randomly initialised standard HF model (seeded by ``cfg.seed``), or ``init_from``'s."""
     from transformers import Qwen2Config, Qwen2ForCausalLM, RobertaConfig, RobertaForMaskedLM
 
     from zhtune.pretrain.masking import boundary_ids, pad_id
 
     torch.manual_seed(cfg.seed)
+    if cfg.init_from:
+        return load_init(cfg, tokenizer)
     # positions beyond max_seq_length stay untrained but let fine-tuning use up to 512 tokens
     positions = max(cfg.max_seq_length, 512)
     start, end = boundary_ids(tokenizer)  # [CLS]/[SEP], else bos (may be None)/eos
@@ -68,14 +103,14 @@ def predict_targets(model, batch: dict, objective: str) -> tuple[torch.Tensor, t
     token is real (not padding). Returns logits (M, V) and targets (M,).
     """
     input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]  # (B, T)
+    body, head = body_and_head(model)  # roberta/bert/model, lm_head/cls
+    hidden = body(input_ids=input_ids, attention_mask=attention_mask)[0]  # (B, T, H)
     if objective == "mlm":
-        hidden = model.roberta(input_ids=input_ids, attention_mask=attention_mask)[0]  # (B, T, H)
         scored = batch["labels"] != -100  # (B, T), True at masked positions
-        logits = model.lm_head(hidden[scored])  # (M, H) -> (M, V)
+        logits = head(hidden[scored])  # (M, H) -> (M, V)
         return logits, batch["labels"][scored]  # (M, V), (M,)
-    hidden = model.model(input_ids=input_ids, attention_mask=attention_mask)[0]  # (B, T, H)
     scored = attention_mask[:, 1:].bool()  # (B, T-1): position t predicts token t+1
-    logits = model.lm_head(hidden[:, :-1][scored])  # (M, H) -> (M, V)
+    logits = head(hidden[:, :-1][scored])  # (M, H) -> (M, V)
     return logits, input_ids[:, 1:][scored]  # (M, V), (M,)
 
 
@@ -135,8 +170,7 @@ def compile_body(model: torch.nn.Module, objective: str) -> None:
     """``torch.compile`` the transformer body in place (parameter names unchanged, so
     checkpoints and the saved model are the same). The sparse head is left eager: the number
     of scored positions changes every step."""
-    body = model.get_submodule("roberta" if objective == "mlm" else "model")
-    body.compile(dynamic=False)
+    body_and_head(model)[0].compile(dynamic=False)
 
 
 def param_counts(model) -> dict[str, int]:
