@@ -174,10 +174,17 @@ def test_deepspeed_config_is_a_one_line_error(tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "run").exists()
 
 
-def test_sharding_with_one_process_trains_plainly(tmp_path, caplog):
-    """No launcher: --sharding fsdp has nothing to shard; it says so and trains as usual."""
+def test_sharding_with_one_process_trains_plainly(tmp_path, caplog, capsys):
+    """No launcher: --sharding fsdp has nothing to shard; it says so and trains as usual.
+    A checkpoint written with another sharding mode is refused in one line."""
     with caplog.at_level("INFO", logger="zhtune"):
         assert main(_cli_args(tmp_path, "--sharding=fsdp")) == 0
     assert "sharding fsdp with one process: nothing to shard, plain training" in caplog.text
-    state = json.loads((tmp_path / "run" / "checkpoints" / "step-00000002" / "trainer_state.json").read_text())  # fmt: skip
+    saved = tmp_path / "run" / "checkpoints" / "step-00000002" / "trainer_state.json"
+    state = json.loads(saved.read_text())
     assert state["sharding"] == "none" and state["world_size"] == 1
+    saved.write_text(json.dumps({**state, "sharding": "fsdp"}))  # as if from an FSDP run
+    capsys.readouterr()
+    assert main(_cli_args(tmp_path, "--max-steps=4")) == 2
+    err = capsys.readouterr().err.strip()
+    assert "written with sharding fsdp, this run has none" in err and "\n" not in err
