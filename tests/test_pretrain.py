@@ -358,13 +358,6 @@ def test_mlm_without_a_mask_token_is_a_one_line_error(corpus, bpe_tokenizer, tmp
     assert code == 2 and "no mask token" in err and "\n" not in err
 
 
-@pytest.mark.parametrize("engine", ["DEEPSPEED", "FSDP"])
-def test_deepspeed_and_fsdp_are_refused_for_pretraining(corpus, tmp_path, monkeypatch, engine):
-    monkeypatch.setenv(f"ACCELERATE_USE_{engine}", "true")  # what accelerate launch sets
-    with pytest.raises(ConfigError, match="runs plain DDP"):
-        run_pretrain(tiny(corpus), tmp_path)
-
-
 def test_fresh_start_keeps_an_earlier_runs_checkpoints_unless_overwrite(corpus, tmp_path):
     from zhtune.errors import ConfigError
 

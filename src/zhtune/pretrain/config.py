@@ -104,6 +104,13 @@ class PretrainConfig:
         0, "CPU threads for torch (0: torch's default); 1 can be faster on a busy, shared machine"
     )
     device: str = arg("auto", "where to train", ("auto", "cpu", "cuda"))
+    sharding: str = arg(
+        "auto",
+        "with several processes: none (DDP), fsdp (FSDP2: parameters, gradients and optimizer "
+        "state sharded) or zero2 (FSDP2 keeping parameters gathered from forward to backward: "
+        "ZeRO-2); auto: from an accelerate FSDP config, else none. Tested on CPU (gloo) only",
+        ("auto", "none", "fsdp", "zero2"),
+    )
     seed: int = arg(42, "random seed (init, data order, masking, held-out split)")
     # logging and checkpoints
     log_steps: int = arg(10, "write a history row every this many steps")

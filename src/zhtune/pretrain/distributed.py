@@ -7,12 +7,18 @@ the number of scored positions M of the whole step without any communication, so
 is ``sum of cross-entropies of my rows / M`` (times the world size, since DDP averages the
 gradients): the gradient of every step equals the one-process gradient of the same global
 batch, up to floating-point summation order. Only rank 0 writes files.
+
+With ``--sharding fsdp|zero2`` (or an accelerate FSDP config) the scorer is sharded with
+PyTorch FSDP2 instead of wrapped in DDP (:mod:`zhtune.pretrain.sharding`): the same loss
+scaling holds (FSDP's reduce-scatter averages too), and checkpoints hold full state dicts.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -26,24 +32,22 @@ def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
 
 
-def init(device: torch.device) -> tuple[int, int, torch.device]:
-    """Join the process group (gloo on CPU, nccl on CUDA); returns (rank, world, device)."""
-    for engine in ("DEEPSPEED", "FSDP"):
-        if os.environ.get(f"ACCELERATE_USE_{engine}", "").lower() in ("1", "true"):
-            from zhtune.errors import ConfigError
+def init(device: torch.device, sharding: str = "none") -> tuple[int, int, torch.device, str]:
+    """Join the process group (gloo on CPU, nccl on CUDA); returns (rank, world, device,
+    sharding mode: ``--sharding``, or auto from the accelerate config)."""
+    from zhtune.pretrain.sharding import resolve_mode
 
-            raise ConfigError(
-                f"zhtune pretrain runs plain DDP; the {engine.lower()} accelerate configs apply to "
-                "finetune/lora only (use configs/distributed/accelerate_ddp.yaml or torchrun)"
-            )
+    mode = resolve_mode(sharding)
     if not launched():
-        return 0, 1, device
+        if mode != "none":
+            log.info("sharding %s with one process: nothing to shard, plain training", mode)
+        return 0, 1, device, "none"
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return dist.get_rank(), dist.get_world_size(), device
+    return dist.get_rank(), dist.get_world_size(), device, mode
 
 
 def active() -> bool:
@@ -113,15 +117,61 @@ class Scorer(torch.nn.Module):
         return predict_targets(self.model, batch, self.objective)
 
 
-def wrap(model: torch.nn.Module, objective: str, device: torch.device) -> torch.nn.Module:
-    """``Scorer(model)``, inside ``DistributedDataParallel`` when there are several ranks."""
+def wrap(
+    model: torch.nn.Module, objective: str, device: torch.device, sharding: str = "none"
+) -> torch.nn.Module:
+    """``Scorer(model)``, inside ``DistributedDataParallel`` when there are several ranks,
+    or sharded with FSDP2 (``sharding`` fsdp / zero2; build the optimizer after this)."""
     scorer = Scorer(model, objective)
     if not active():
         return scorer
+    if sharding != "none":
+        from zhtune.pretrain.sharding import shard
+
+        body = "roberta.encoder.layer" if objective == "mlm" else "model.layers"
+        return shard(scorer, list(model.get_submodule(body).children()), sharding)
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     ids = [device.index] if device.type == "cuda" else None
     return DDP(scorer, device_ids=ids)
+
+
+def sync_gradients(scorer: torch.nn.Module, sync: bool) -> contextlib.AbstractContextManager:
+    """A context for one micro-batch's backward: without ``sync``, gradients are only
+    accumulated locally (DDP ``no_sync``; FSDP ``set_requires_gradient_sync(False)``)."""
+    if sync or not active():
+        return contextlib.nullcontext()
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    return scorer.no_sync() if isinstance(scorer, DDP) else _fsdp_no_sync(scorer)
+
+
+@contextlib.contextmanager
+def _fsdp_no_sync(scorer: Any) -> Iterator[None]:  # an FSDPModule
+    scorer.set_requires_gradient_sync(False)
+    try:
+        yield
+    finally:
+        scorer.set_requires_gradient_sync(True)
+
+
+def checkpoint_states(model: Any, optimizer: Any, sharding: str) -> tuple[Any, Any]:
+    """What a checkpoint saves: the model and optimizer themselves, or under FSDP their full
+    state dicts gathered on rank 0 (a collective: every rank calls it)."""
+    if sharding == "none" or not active():
+        return model, optimizer
+    from zhtune.pretrain.sharding import full_states
+
+    return full_states(model, optimizer)
+
+
+def state_loader(model: Any, optimizer: Any, sharding: str) -> Callable[[dict, dict], None] | None:
+    """How a resume loads a checkpoint's full state dicts: None (in place) or into FSDP."""
+    if sharding == "none" or not active():
+        return None
+    from zhtune.pretrain.sharding import load_full_states
+
+    return lambda weights, optim: load_full_states(model, optimizer, weights, optim)
 
 
 def close() -> None:

@@ -14,7 +14,6 @@ Run directory: model files, ``history.jsonl`` (step, loss, learning rate, tokens
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import math
 import time
@@ -74,10 +73,11 @@ class PretrainRun:
     autocast: Callable[[], Any]  # a factory of autocast (bf16) or null (fp32) contexts
     precision: str
     model: Any  # RobertaForMaskedLM / Qwen2ForCausalLM
-    scorer: Any  # ddp.Scorer(model), inside DistributedDataParallel with several processes
+    scorer: Any  # ddp.Scorer(model), inside DDP with several processes, or sharded by FSDP2
     counts: dict[str, int]  # param_counts(model)
     rank: int  # this process (0 when not launched by torchrun / accelerate)
     world: int  # processes
+    sharding: str  # none (DDP) | fsdp | zero2 (FSDP2; checkpoints hold full state dicts)
     global_batch: int  # chunks per optimizer step, all processes together
     steps_per_epoch: int
     total: int  # planned optimizer steps: the schedule depends on this only
@@ -131,14 +131,14 @@ def optimizer_step(
     """One optimizer step over this process's micro-batches of a global batch with
     ``n_scored`` scored positions in all; returns this process's summed cross-entropy.
 
-    Each micro-batch adds ``world × sum(CE) / n_scored`` to the gradient (DDP then averages
-    over the processes), so the step's gradient is that of the mean over the global batch.
+    Each micro-batch adds ``world × sum(CE) / n_scored`` to the gradient (DDP or FSDP then
+    averages over the processes), so the step's gradient is that of the mean over the global
+    batch.
     """
     loss_total = 0.0
     for i, batch in enumerate(micro):
         last = i == len(micro) - 1
-        sync = contextlib.nullcontext() if last or world == 1 else scorer.no_sync()
-        with sync:
+        with ddp.sync_gradients(scorer, sync=last or world == 1):
             with autocast():
                 logits, target = scorer(**batch)  # (M, V), (M,)
             loss_sum = F.cross_entropy(logits.float(), target, reduction="sum")
@@ -217,7 +217,7 @@ def _setup(cfg: PretrainConfig, out: str | Path) -> PretrainRun:
     """Process group, run directory, data, a fresh model, optimizer, schedule and collator."""
     from zhtune.runs import prepare_out_dir
 
-    rank, world, device = ddp.init(resolve_device(cfg.device))
+    rank, world, device, sharding = ddp.init(resolve_device(cfg.device), cfg.sharding)
     out_dir = prepare_out_dir(out) if rank == 0 else Path(out)
     if rank == 0:
         save_config(cfg, out_dir)
@@ -229,6 +229,8 @@ def _setup(cfg: PretrainConfig, out: str | Path) -> PretrainRun:
     model.train()
     if cfg.compile:
         compile_body(model, cfg.objective)
+    counts = param_counts(model)
+    scorer = ddp.wrap(model, cfg.objective, device, sharding)  # before the optimizer (FSDP)
     global_batch = cfg.batch_size * world * cfg.gradient_accumulation_steps
     steps_per_epoch = len(epoch_batches(cfg, train.lengths, world, 0))
     total = cfg.max_steps or max(1, math.ceil(cfg.num_train_epochs * steps_per_epoch))
@@ -238,10 +240,9 @@ def _setup(cfg: PretrainConfig, out: str | Path) -> PretrainRun:
     torch.manual_seed(cfg.seed + rank)  # dropout: its own stream per rank
     return PretrainRun(
         cfg=cfg, out=out_dir, tokenizer=tokenizer, train=train, held_out=held_out, report=report,
-        device=device, autocast=autocast, precision=precision, model=model,
-        scorer=ddp.wrap(model, cfg.objective, device), counts=param_counts(model), rank=rank,
-        world=world, global_batch=global_batch, steps_per_epoch=steps_per_epoch, total=total,
-        optimizer=optimizer, scheduler=scheduler, collate=collate,
+        device=device, autocast=autocast, precision=precision, model=model, scorer=scorer,
+        counts=counts, rank=rank, world=world, sharding=sharding, global_batch=global_batch,
+        steps_per_epoch=steps_per_epoch, total=total, optimizer=optimizer, scheduler=scheduler, collate=collate,
     )  # fmt: skip
 
 
@@ -258,7 +259,12 @@ def _fresh_start(cfg: PretrainConfig, ckpt_dir: Path) -> None:
 def _resume(run: PretrainRun) -> PretrainState:
     """A fresh state, or the checkpoint's: model, optimizer, scheduler and random states are
     restored in place on every rank (``resume_from_checkpoint``: auto, none or a path)."""
-    from zhtune.training.checkpoints import check_resumable, load_checkpoint, resolve_resume
+    from zhtune.training.checkpoints import (
+        check_resumable,
+        load_checkpoint,
+        read_state,
+        resolve_resume,
+    )
 
     cfg = run.cfg
     ckpt = resolve_resume(cfg.resume_from_checkpoint, run.out / "checkpoints")
@@ -266,12 +272,19 @@ def _resume(run: PretrainRun) -> PretrainState:
         _fresh_start(cfg, run.out / "checkpoints")
         return PretrainState()
     check_resumable(ckpt, to_dict(cfg), run.report["corpus_key"], RESUME_MUST_MATCH)
-    rng, saved = load_checkpoint(ckpt, run.model, run.optimizer, run.scheduler)
+    saved = read_state(ckpt)
     if saved.get("world_size", 1) != run.world:
         raise ZhtuneError(
             f"cannot resume from {ckpt}: it was written by {saved.get('world_size', 1)} "
             f"process(es), this run has {run.world} (the global batch would change)"
         )
+    if saved.get("sharding", "none") != run.sharding:
+        raise ZhtuneError(
+            f"cannot resume from {ckpt}: it was written with sharding "
+            f"{saved.get('sharding', 'none')}, this run has {run.sharding} (set --sharding)"
+        )
+    loader = ddp.state_loader(run.model, run.optimizer, run.sharding)
+    rng, saved = load_checkpoint(ckpt, run.model, run.optimizer, run.scheduler, loader)
     torch.set_rng_state(rng.get(f"torch.rank{run.rank}", rng["torch"]))
     run.collate.generator.set_state(rng["mask"])
     if "cuda" in rng and run.device.type == "cuda":
@@ -293,6 +306,7 @@ def _checkpoint(run: PretrainRun, state: PretrainState, seconds: float) -> Path 
     from zhtune.training.checkpoints import save_checkpoint
 
     states = ddp.gather_rng(torch.get_rng_state())
+    model, optimizer = ddp.checkpoint_states(run.model, run.optimizer, run.sharding)
     if not run.main:
         return None
     rng = {"torch": states[0], "mask": run.collate.generator.get_state()}
@@ -301,8 +315,8 @@ def _checkpoint(run: PretrainRun, state: PretrainState, seconds: float) -> Path 
         rng["cuda"] = torch.cuda.get_rng_state()
     saved = {"epoch": state.epoch, "consumed": state.consumed, "history": state.history,
              "train_seconds": seconds, "corpus_key": run.report["corpus_key"],
-             "world_size": run.world, "config": to_dict(run.cfg)}  # fmt: skip
-    return save_checkpoint(run.out / "checkpoints", state.step, run.model, run.optimizer,
+             "world_size": run.world, "sharding": run.sharding, "config": to_dict(run.cfg)}  # fmt: skip
+    return save_checkpoint(run.out / "checkpoints", state.step, model, optimizer,
                            run.scheduler, rng, saved, run.cfg.save_total_limit)  # fmt: skip
 
 
@@ -311,10 +325,10 @@ def _log_plan(run: PretrainRun) -> None:
     cfg, counts = run.cfg, run.counts
     log.info(
         "%s %s: %.2fM parameters (%.2fM non-embedding), %d steps (%d per epoch), global batch "
-        "%d = %d per process x %d process(es) x %d accumulation, %s on %s",
+        "%d = %d per process x %d process(es) x %d accumulation, sharding %s, %s on %s",
         cfg.objective, cfg.arch, counts["total"] / 1e6, counts["non_embedding"] / 1e6, run.total,
         run.steps_per_epoch, run.global_batch, cfg.batch_size, run.world,
-        cfg.gradient_accumulation_steps, run.precision, run.device,
+        cfg.gradient_accumulation_steps, run.sharding, run.precision, run.device,
     )  # fmt: skip
     if cfg.max_minutes:
         log.info("max_minutes %s: a hard stop only (the schedule is %d steps)", cfg.max_minutes, run.total)  # fmt: skip
@@ -445,6 +459,10 @@ def _finish(run: PretrainRun, state: PretrainState, train_seconds: float) -> Pre
     from zhtune.runs import write_json, write_jsonl, write_manifest
 
     cfg, out, model, history = run.cfg, run.out, run.model, state.history
+    if run.sharding != "none":  # rank 0: a plain model with the gathered full weights
+        from zhtune.pretrain.sharding import unsharded
+
+        model = unsharded(model, lambda: build_model(cfg, run.tokenizer).to(run.device), run.main)
     if not run.main:
         ddp.barrier()
         model.eval()

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -120,8 +121,9 @@ _remove_stale_checkpoints = remove_stale_checkpoints  # the name the Trainer plu
 
 
 # --- the pretraining loop's checkpoints (no pickle) ----------------------------------------
-def _optimizer_to_files(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
-    sd = opt.state_dict()
+def _optimizer_to_files(sd: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """An optimizer state dict (keyed by parameter index, or by name under FSDP) as tensors
+    ``state.<key>.<name>`` and JSON."""
     tensors, scalars = {}, {}
     for idx, state in sd["state"].items():
         for name, value in state.items():
@@ -133,27 +135,32 @@ def _optimizer_to_files(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Ten
 
 
 def _optimizer_from_files(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
-    state: dict[int, dict] = {}
+    state: dict[int | str, dict] = {}
+
+    def param_key(key: str) -> int | str:  # torch's index, or a parameter name (FSDP)
+        return int(key) if key.isdigit() else key
+
     for key, value in tensors.items():
-        _, idx, name = key.split(".", 2)
-        state.setdefault(int(idx), {})[name] = value
+        idx, name = key.removeprefix("state.").rsplit(".", 1)
+        state.setdefault(param_key(idx), {})[name] = value
     for key, value in meta.get("scalars", {}).items():
-        idx, name = key.split(".", 1)
-        state.setdefault(int(idx), {})[name] = value
+        idx, name = key.rsplit(".", 1)
+        state.setdefault(param_key(idx), {})[name] = value
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
 def save_checkpoint(
     root: str | Path,
     step: int,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
+    model: torch.nn.Module | dict[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer | dict,
     scheduler,
     rng: dict[str, torch.Tensor],
     state: dict,
     keep: int = 3,
 ) -> Path:
-    """Write a complete checkpoint atomically and prune old ones; returns its path."""
+    """Write a complete checkpoint atomically and prune old ones; returns its path.
+    ``model`` / ``optimizer`` may be full state dicts instead (gathered from FSDP)."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:08d}"
@@ -161,8 +168,12 @@ def save_checkpoint(
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    save_model(model, str(tmp / "model.safetensors"))
-    opt_tensors, opt_meta = _optimizer_to_files(optimizer)
+    if isinstance(model, torch.nn.Module):
+        save_model(model, str(tmp / "model.safetensors"))  # tied weights saved once
+    else:
+        save_file({k: v.contiguous() for k, v in model.items()}, str(tmp / "model.safetensors"))
+    sd = optimizer.state_dict() if isinstance(optimizer, torch.optim.Optimizer) else optimizer
+    opt_tensors, opt_meta = _optimizer_to_files(sd)
     save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
     (tmp / "optimizer.json").write_text(json.dumps(opt_meta), encoding="utf-8")
     (tmp / "scheduler.json").write_text(json.dumps(scheduler.state_dict()), encoding="utf-8")
@@ -184,22 +195,41 @@ def read_state(path: str | Path) -> dict:
     return json.loads(f.read_text(encoding="utf-8"))
 
 
+def _mismatch(path: Path, missing: list[str], unexpected: list[str]) -> ZhtuneError:
+    return ZhtuneError(
+        f"{path}: the checkpoint does not match the model (missing {missing[:3]}, "
+        f"unexpected {unexpected[:3]}); use --resume-from-checkpoint none or another --out"
+    )
+
+
+def read_optimizer(path: Path) -> dict:
+    """The optimizer state dict of a pretraining checkpoint."""
+    meta = json.loads((path / "optimizer.json").read_text(encoding="utf-8"))
+    return _optimizer_from_files(load_file(str(path / "optimizer.safetensors")), meta)
+
+
 def load_checkpoint(
-    path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler
+    path: str | Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    load_states: Callable[[dict, dict], None] | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict]:
-    """Restore model, optimizer and scheduler in place; return (rng tensors, trainer state)."""
+    """Restore model, optimizer and scheduler in place; return (rng tensors, trainer state).
+    ``load_states(model_state, optimizer_state)``, when given, loads the two instead (FSDP)."""
     path = Path(path)
     state = read_state(path)
-    missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
-    if missing or unexpected:
-        raise ZhtuneError(
-            f"{path}: the checkpoint does not match the model (missing {missing[:3]}, "
-            f"unexpected {unexpected[:3]}); use --resume-from-checkpoint none or another --out"
-        )
-    opt_meta = json.loads((path / "optimizer.json").read_text(encoding="utf-8"))
-    optimizer.load_state_dict(
-        _optimizer_from_files(load_file(str(path / "optimizer.safetensors")), opt_meta)
-    )
+    if load_states is None:
+        missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
+        if missing or unexpected:
+            raise _mismatch(path, missing, unexpected)
+        optimizer.load_state_dict(read_optimizer(path))
+    else:
+        weights = load_file(str(path / "model.safetensors"))
+        names = set(model.state_dict())
+        if set(weights) != names:
+            raise _mismatch(path, sorted(names - set(weights)), sorted(set(weights) - names))
+        load_states(weights, read_optimizer(path))
     scheduler.load_state_dict(json.loads((path / "scheduler.json").read_text(encoding="utf-8")))
     return load_file(str(path / "rng.safetensors")), state
 
