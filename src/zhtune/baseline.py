@@ -1,4 +1,5 @@
-"""TF-IDF (character 1-3 grams) + a linear classifier: the baseline every model must beat.
+"""TF-IDF (character 1-3 grams; optionally jieba word 1-2 grams beside them) + a linear
+classifier: the baseline every model must beat.
 
 The fitted model is saved as JSON + safetensors (see ``BaselineModel``): no pickle.
 """
@@ -20,6 +21,7 @@ from zhtune.errors import ModelLoadError
 from zhtune.runs import MANIFEST, prepare_out_dir, write_json, write_manifest
 
 log = logging.getLogger("zhtune")
+FEATURES = ("char", "word", "char+word")
 META_FILE = "baseline.json"
 WEIGHTS_FILE = "baseline.safetensors"
 VECTORIZER_PARAMS = (
@@ -37,8 +39,15 @@ class BaselineConfig(DataConfig):
     """TF-IDF + linear model."""
 
     C: float = arg(10.0, "inverse regularisation strength of the logistic regression")
+    features: str = arg(
+        "char",
+        "n-gram features: char (character n-grams), word (jieba words, 1..word_ngram_max), "
+        "char+word (both, side by side)",
+        FEATURES,
+    )
     ngram_min: int = arg(1, "smallest character n-gram")
     ngram_max: int = arg(3, "largest character n-gram")
+    word_ngram_max: int = arg(2, "largest word n-gram (features word, char+word)")
     min_df: int = arg(2, "ignore n-grams seen in fewer documents")
     max_features: int | None = arg(None, "keep at most this many n-grams")
     class_weight: str = arg("balanced", "class weights in the loss", ("balanced", "none"))
@@ -51,23 +60,45 @@ class BaselineConfig(DataConfig):
             1 <= self.ngram_min <= self.ngram_max, "ngram_max", "need 1 <= ngram_min <= ngram_max"
         )
         check(self.min_df >= 1, "min_df", f"must be >= 1, got {self.min_df}")
+        check(
+            self.word_ngram_max >= 1, "word_ngram_max", f"must be >= 1, got {self.word_ngram_max}"
+        )
+
+
+def jieba_words(text: str) -> list[str]:
+    """The word analyzer of word n-gram features: jieba's words, whitespace dropped."""
+    from zhtune.text import segment
+
+    return [w for w in segment(text) if w.strip()]
+
+
+def _vectorizer(kind: str, **params):
+    """A TF-IDF vectorizer of ``kind`` char or word (jieba) from saved or config params."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    if kind == "word":
+        return TfidfVectorizer(**params, tokenizer=jieba_words, token_pattern=None)
+    return TfidfVectorizer(**params)
+
+
+def _vectorizer_params(cfg: BaselineConfig, kind: str) -> dict:
+    ngrams = (cfg.ngram_min, cfg.ngram_max) if kind == "char" else (1, cfg.word_ngram_max)
+    return {"analyzer": "char" if kind == "char" else "word", "ngram_range": ngrams,
+            "sublinear_tf": True, "min_df": cfg.min_df, "max_features": cfg.max_features,
+            "lowercase": True}  # fmt: skip
 
 
 def build_pipeline(cfg: BaselineConfig, multi_label: bool = False):
-    """TF-IDF + logistic regression; multi-label: one-vs-rest (one binary model per label)."""
-    from sklearn.feature_extraction.text import TfidfVectorizer
+    """TF-IDF (one vectorizer per feature kind, side by side) + logistic regression;
+    multi-label: one-vs-rest (one binary model per label)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.multiclass import OneVsRestClassifier
-    from sklearn.pipeline import Pipeline
+    from sklearn.pipeline import FeatureUnion, Pipeline
 
     cw = None if cfg.class_weight == "none" else "balanced"
-    vec = TfidfVectorizer(
-        analyzer="char",
-        ngram_range=(cfg.ngram_min, cfg.ngram_max),
-        sublinear_tf=True,
-        min_df=cfg.min_df,
-        max_features=cfg.max_features,
-    )
+    kinds = cfg.features.split("+")
+    vecs = [(k, _vectorizer(k, **_vectorizer_params(cfg, k))) for k in kinds]
+    vec = vecs[0][1] if kinds == ["char"] else FeatureUnion(vecs)
     lr = LogisticRegression(C=cfg.C, class_weight=cw, max_iter=2000)
     return Pipeline([("tfidf", vec), ("clf", OneVsRestClassifier(lr) if multi_label else lr)])
 
@@ -120,16 +151,27 @@ class BaselineModel:
         return self.pipeline.predict_proba(list(texts))
 
     def save(self, out: Path) -> None:
+        """``baseline.json``: format 1 = one char vectorizer (``vectorizer``, ``vocabulary``);
+        format 2 = several (``vectorizers``: kind, params, vocabulary), arrays ``idf.KIND``."""
         from safetensors.numpy import save_file
 
         vec, clf = self.pipeline.named_steps["tfidf"], self.pipeline.named_steps["clf"]
-        vocab = sorted(vec.vocabulary_, key=vec.vocabulary_.__getitem__)
-        params = {k: vec.get_params()[k] for k in VECTORIZER_PARAMS}
         multi = hasattr(clf, "estimators_")
-        meta = {"format": 1, "vectorizer": params, "vocabulary": vocab, "multi_label": multi}
-        write_json(out / META_FILE, meta)
         coef, intercept = _ovr_arrays(clf) if multi else (clf.coef_, clf.intercept_)
-        arrays = {"idf": vec.idf_, "coef": coef, "intercept": intercept}
+        arrays = {"coef": coef, "intercept": intercept}
+        parts = vec.transformer_list if hasattr(vec, "transformer_list") else [("char", vec)]
+        described = []
+        for kind, v in parts:
+            described.append({"kind": kind, "vectorizer": {k: v.get_params()[k] for k in VECTORIZER_PARAMS},
+                              "vocabulary": sorted(v.vocabulary_, key=v.vocabulary_.__getitem__)})  # fmt: skip
+            arrays[f"idf.{kind}"] = v.idf_
+        if len(parts) == 1 and parts[0][0] == "char":
+            meta = {"format": 1, "vectorizer": described[0]["vectorizer"],
+                    "vocabulary": described[0]["vocabulary"], "multi_label": multi}  # fmt: skip
+            arrays["idf"] = arrays.pop("idf.char")
+        else:
+            meta = {"format": 2, "vectorizers": described, "multi_label": multi}
+        write_json(out / META_FILE, meta)
         save_file(
             {k: np.ascontiguousarray(v, dtype=np.float64) for k, v in arrays.items()},
             str(out / WEIGHTS_FILE),
@@ -139,43 +181,51 @@ class BaselineModel:
     def load(cls, path: Path) -> BaselineModel:
         from safetensors import SafetensorError
         from safetensors.numpy import load_file
-        from sklearn.feature_extraction.text import TfidfVectorizer
         from sklearn.linear_model import LogisticRegression
-        from sklearn.pipeline import Pipeline
+        from sklearn.pipeline import FeatureUnion, Pipeline
 
         path = Path(path)
         try:
             meta = json.loads((path / META_FILE).read_text(encoding="utf-8"))
             arrays = load_file(str(path / WEIGHTS_FILE))
             labels = json.loads((path / MANIFEST).read_text(encoding="utf-8"))["labels"]
-            params = {k: meta["vectorizer"][k] for k in VECTORIZER_PARAMS}
-            params["ngram_range"] = tuple(params["ngram_range"])
-            vocab = meta["vocabulary"]
-            idf, coef, intercept = arrays["idf"], arrays["coef"], arrays["intercept"]
+            if meta.get("format", 1) == 1:
+                meta = {**meta, "vectorizers": [{"kind": "char", **meta}]}
+                arrays = {**arrays, "idf.char": arrays["idf"]}
+            vecs = []
+            for part in meta["vectorizers"]:
+                params = {k: part["vectorizer"][k] for k in VECTORIZER_PARAMS}
+                params["ngram_range"] = tuple(params["ngram_range"])
+                if part["kind"] not in ("char", "word"):
+                    raise ValueError(f"unknown vectorizer kind {part['kind']!r}")
+                v = _vectorizer(part["kind"], **params)
+                v.vocabulary_ = {t: i for i, t in enumerate(part["vocabulary"])}
+                v.idf_ = arrays[f"idf.{part['kind']}"]
+                if v.idf_.shape != (len(v.vocabulary_),):
+                    raise ValueError(f"idf.{part['kind']} does not match its vocabulary")
+                vecs.append((part["kind"], v))
+            coef, intercept = arrays["coef"], arrays["intercept"]
         except (OSError, ValueError, KeyError, TypeError, SafetensorError) as e:
             raise ModelLoadError(
                 f"{path}: cannot load the baseline model ({type(e).__name__}: {e})"
             ) from None
         n_classes = len(labels)
         multi = bool(meta.get("multi_label"))
-        if (
-            idf.shape != (len(vocab),)
-            or coef.shape[1] != len(vocab)
-            or coef.shape[0] != (1 if n_classes == 2 and not multi else n_classes)
+        n_features = sum(len(v.vocabulary_) for _, v in vecs)
+        if coef.shape[1] != n_features or coef.shape[0] != (
+            1 if n_classes == 2 and not multi else n_classes
         ):
             raise ModelLoadError(
                 f"{path}: baseline arrays do not match the vocabulary or the {n_classes} labels"
             )
-        vec = TfidfVectorizer(**params)
-        vec.vocabulary_ = {t: i for i, t in enumerate(vocab)}
-        vec.idf_ = idf
+        vec = vecs[0][1] if len(vecs) == 1 and vecs[0][0] == "char" else FeatureUnion(vecs)
         if multi:
             return cls(
                 Pipeline([("tfidf", vec), ("clf", _ovr_from_arrays(coef, intercept))]), labels
             )
         clf = LogisticRegression()
         clf.coef_, clf.intercept_, clf.classes_ = coef, intercept, np.arange(n_classes)
-        clf.n_features_in_ = len(vocab)
+        clf.n_features_in_ = n_features
         return cls(Pipeline([("tfidf", vec), ("clf", clf)]), labels)
 
 
@@ -211,13 +261,17 @@ def run_baseline(cfg: BaselineConfig, out: str | Path) -> dict:
     train_seconds = time.perf_counter() - t
     # stop_words_ holds every pruned n-gram: only needed for introspection, and it made the
     # saved model hundreds of MB (scikit-learn's docs suggest deleting it before saving).
-    pipe.named_steps["tfidf"].stop_words_ = None
+    vec = pipe.named_steps["tfidf"]
+    for _, v in getattr(vec, "transformer_list", [("char", vec)]):
+        v.stop_words_ = None
     BaselineModel(pipe, labels).save(out)
     write_manifest(out, "baseline", labels)
     model = BaselineModel.load(out)  # score what was saved, so the format is checked every run
     head = pipe.named_steps["clf"]
     extra: dict = {
-        "model": "tfidf-logreg" + ("-ovr" if multi else ""),
+        "model": "tfidf-logreg"
+        + ("" if cfg.features == "char" else f"-{cfg.features}")
+        + ("-ovr" if multi else ""),
         "train_seconds": train_seconds,
     }
     if multi:

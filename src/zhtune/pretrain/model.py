@@ -20,16 +20,17 @@ def load_init(cfg: PretrainConfig, tokenizer) -> torch.nn.Module:
 
     from zhtune.errors import ModelLoadError
 
-    auto = AutoModelForMaskedLM if cfg.objective == "mlm" else AutoModelForCausalLM
+    auto: Any = AutoModelForMaskedLM if cfg.objective == "mlm" else AutoModelForCausalLM
     try:
-        model = auto.from_pretrained(cfg.init_from, use_safetensors=True, dtype=torch.float32)
+        model = auto.from_pretrained(str(cfg.init_from), use_safetensors=True, dtype=torch.float32)
     except (OSError, ValueError, KeyError) as e:
         raise ModelLoadError(
             f"init_from: cannot load {cfg.init_from} for {cfg.objective}: {e}"
         ) from None
-    if model.get_input_embeddings().weight.shape[0] < len(tokenizer):
+    rows = int(model.get_input_embeddings().weight.shape[0])
+    if rows < len(tokenizer):
         raise ModelLoadError(
-            f"init_from: {cfg.init_from} has {model.get_input_embeddings().weight.shape[0]} "
+            f"init_from: {cfg.init_from} has {rows} "
             f"embeddings but the tokenizer {len(tokenizer)} entries; use the model's tokenizer"
         )
     return model
@@ -38,7 +39,7 @@ def load_init(cfg: PretrainConfig, tokenizer) -> torch.nn.Module:
 def body_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
     """The transformer body (``model.roberta``/``bert``/``model``) and the output head
     (``lm_head``/``cls``): the model's one child that is not the body."""
-    body = model.base_model
+    body: Any = model.base_model
     heads = [m for n, m in model.named_children() if m is not body]
     if len(heads) != 1:
         from zhtune.errors import ModelLoadError
