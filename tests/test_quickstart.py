@@ -40,12 +40,13 @@ def _flags(**kw) -> list[str]:
 @pytest.mark.slow
 def test_tiny_quickstart_every_stage(tmp_path, capsys):
     out = tmp_path / "qs"
-    every = "baseline,finetune,scratch,llm/lora-head,llm/lora-scoring"
+    every = "baseline,baseline-words,finetune,scratch,llm/lora-head,llm/lora-scoring"
     assert main(["quickstart", "--out", str(out), *_flags(ensemble_members=every)]) == 0
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     runs = [r["run"] for r in summary["rows"]]
     assert runs == [
         "baseline",
+        "baseline-words",
         "finetune",
         "scratch",
         "llm/lora-head",
@@ -55,10 +56,15 @@ def test_tiny_quickstart_every_stage(tmp_path, capsys):
         "distill",
     ]
     ens = json.loads((out / "ensemble" / "metrics.json").read_text(encoding="utf-8"))
-    assert "TF-IDF + fine-tuned + scratch + LoRA head + LoRA scoring" in summary["rows"][6]["model"]
-    assert len(ens["members"]) == 5
+    members = "TF-IDF + TF-IDF words + fine-tuned + scratch + LoRA head + LoRA scoring"
+    assert members in summary["rows"][7]["model"]
+    assert len(ens["members"]) == 6
     distill = json.loads((out / "distill" / "distill.json").read_text(encoding="utf-8"))
-    assert distill["teacher"]["accuracy"] == summary["rows"][6]["accuracy"]
+    assert distill["teacher"]["accuracy"] == summary["rows"][7]["accuracy"]
+    # zero-shot: the snownlp words and the dev-mean calibration, stored with the run
+    zs = json.loads((out / "llm" / "zero-shot" / "zhtune.json").read_text(encoding="utf-8"))
+    assert zs["label_words"] == {"negative": ["不好"], "positive": ["很好"]}
+    assert len(zs["class_bias"]) == 2
     for r in summary["rows"]:
         assert 0 <= r["accuracy"] <= 1 and r["n"] == 60
         assert r["predicted_classes"] in (1, 2)
@@ -66,7 +72,7 @@ def test_tiny_quickstart_every_stage(tmp_path, capsys):
         assert (r["train_seconds"] > 0) == trained
         assert (r["model_bytes"] > 0) == trained  # zero-shot saves no weights of its own
         assert r["texts_per_second"] > 0
-    assert summary["rows"][1]["pretrain_seconds"] > 0
+    assert summary["rows"][2]["pretrain_seconds"] > 0
     assert summary["warnings"] == []  # no wall-clock cap was set
     # pretraining saw the training split only: no dev/test text
     corpus = (out / "pretrain" / "corpus-train-split.txt").read_text(encoding="utf-8")
@@ -97,7 +103,7 @@ def test_two_tiny_runs_give_the_same_rows(tmp_path):
         out = tmp_path / f"qs{k}"
         assert main(["quickstart", "--out", str(out), *_flags(skip_compare=True)]) == 0
         rows.append(json.loads((out / "summary.json").read_text(encoding="utf-8"))["rows"])
-    assert len(rows[0]) == 8
+    assert len(rows[0]) == 9
     assert stable_rows(rows[0]) == stable_rows(rows[1])
 
 
@@ -115,7 +121,8 @@ def test_a_wall_clock_cap_stops_a_stage_and_says_so(tmp_path):
 
 def test_quickstart_stage_switches_and_errors(tmp_path):
     out = tmp_path / "qs"
-    flags = _flags(skip_pretrain=True, skip_scratch=True, skip_compare=True, skip_llm=True)
+    flags = _flags(skip_pretrain=True, skip_scratch=True, skip_compare=True, skip_llm=True,
+                   skip_word_baseline=True)  # fmt: skip
     assert main(["quickstart", "--out", str(out), *flags]) == 0
     rows = json.loads((out / "summary.json").read_text(encoding="utf-8"))["rows"]
     assert [r["run"] for r in rows] == ["baseline"]
@@ -146,6 +153,10 @@ def test_summary_reads_like_a_person_wrote_it():
          "predicted_classes": 2, "train_seconds": 1301.4},
         {"run": "llm/zero-shot", "model": "zero-shot", "accuracy": 0.48, "macro_f1": 0.32,
          "predicted_classes": 1, "train_seconds": 0.0, "model_bytes": 0},
+        {"run": "baseline-words", "model": "TF-IDF words", "accuracy": 0.95, "macro_f1": 0.95,
+         "predicted_classes": 2},  # TF-IDF too: never "the best model other than TF-IDF"
+        {"run": "llm/lora-head", "model": "head", "accuracy": 0.757, "predicted_classes": 2},
+        {"run": "llm/lora-scoring", "model": "scoring", "accuracy": 0.749, "predicted_classes": 2},
     ]  # fmt: skip
     table = summary_table(rows)
     assert (
@@ -157,6 +168,7 @@ def test_summary_reads_like_a_person_wrote_it():
     assert verdict.startswith("Verdict: best model other than TF-IDF: base + fine-tuned")
     assert "(+2.0 points; target +1 point met)" in verdict
     assert "+6.8 points over the same model from random weights (target +2 points met)" in verdict
+    assert "LoRA head and scoring 0.757 and 0.749 (target 0.75 each missed)" in verdict
     assert verdict.endswith("constant predictors (one class for every text): zero-shot.")
 
 

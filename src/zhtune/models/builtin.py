@@ -111,6 +111,24 @@ def _history(run: Path, step: int | None) -> list[dict]:
     return [json.loads(x) for x in f.read_text(encoding="utf-8").splitlines() if x.strip()]
 
 
+def _earlier_stages(cfg: Any) -> tuple[list[dict], list[dict], Any]:
+    """A run continued from a shipped model (``init_from``): that model's stages (its
+    ``metrics.json`` ``stages``, or itself as one stage), its history and its preset."""
+    from zhtune.config import load_config
+    from zhtune.pretrain.loop import PretrainConfig
+
+    base = Path(cfg.init_from) if cfg.init_from else None
+    if base is None or not (base / "metrics.json").is_file():
+        return [], [], None
+    m = json.loads((base / "metrics.json").read_text(encoding="utf-8"))
+    stages = m.get("stages") or [
+        {k: m.get(k) for k in ("steps", "train_seconds", "unigram_loss", "heldout_sample")}
+        | {"preset": "pretrain-config.stage1.yaml"}
+    ]
+    earlier = load_config(PretrainConfig, base / "pretrain-config.yaml")
+    return stages, _history(base, None), earlier
+
+
 def ship_model(
     source: str | Path, name: str, command: str, fp16: bool = False, root: Path | None = None
 ) -> Path:
@@ -128,6 +146,7 @@ def ship_model(
     if dest.exists():
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
+    stages, earlier_history, earlier_cfg = _earlier_stages(cfg)
     train, held = _held_out_sample(cfg, tokenizer)
     np.savez_compressed(dest / "heldout.npz", ids=held.ids, wids=held.wids, starts=held.starts)
     if fp16:
@@ -138,10 +157,16 @@ def ship_model(
         conf["dtype"] = "float32"
         (dest / "config.json").write_text(json.dumps(conf, indent=2) + "\n", encoding="utf-8")
     tokenizer.save_pretrained(dest)
+    if earlier_cfg is not None:  # continued from a shipped model: its preset is stage 1
+        save_config(earlier_cfg, dest)
+        (dest / "config.yaml").rename(dest / "pretrain-config.stage1.yaml")
+        cfg.init_from = None  # (its folder is this one's predecessor; stage 1 records it)
     save_config(cfg, dest)
     (dest / "config.yaml").rename(dest / "pretrain-config.yaml")
     (dest / "command.txt").write_text(command.strip() + "\n", encoding="utf-8")
     history = _history(_run_dir(source), step)
+    offset = earlier_history[-1]["step"] if earlier_history else 0
+    history = earlier_history + [{**r, "step": r["step"] + offset} for r in history]
     (dest / "history.jsonl").write_text(
         "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in history), encoding="utf-8"
     )
@@ -154,6 +179,11 @@ def ship_model(
             title=f"{name}: {cfg.objective.upper()} pretraining loss",
         )
     last = history[-1] if history else {}
+    if stages:
+        history_steps = (last.get("step") or 0) - offset
+        stages = [*stages, {"steps": step or history_steps,
+                            "train_seconds": last.get("elapsed_seconds"),
+                            "preset": "pretrain-config.yaml"}]  # fmt: skip
     run_metrics = _run_dir(source) / "metrics.json"
     final = json.loads(run_metrics.read_text(encoding="utf-8")) if run_metrics.is_file() else {}
     write_json(
@@ -161,8 +191,13 @@ def ship_model(
         {
             "name": name,
             "objective": cfg.objective,
-            "steps": step or last.get("step"),
-            "train_seconds": last.get("elapsed_seconds"),
+            "steps": sum(st["steps"] or 0 for st in stages)
+            if stages
+            else (step or last.get("step")),
+            "train_seconds": sum(st["train_seconds"] or 0 for st in stages)
+            if stages
+            else last.get("elapsed_seconds"),
+            "stages": stages or None,  # continued pretraining: one entry per run
             "dtype": "float16" if fp16 else "float32",
             "unigram_loss": unigram_loss(train),
             "heldout_sample": heldout_loss(dest),

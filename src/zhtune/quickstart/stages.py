@@ -195,6 +195,13 @@ def _baseline_stage(cfg: QuickstartConfig, out: Path, res: _Results) -> None:
     m = run_baseline(BaselineConfig(**cfg.data_fields()), out / "baseline")
     res.rows.append({**m, "model": "TF-IDF + logistic regression", "run": "baseline"})
     res.runs["baseline (TF-IDF)"] = out / "baseline"
+    if cfg.skip_word_baseline:
+        return
+    log.info("quickstart stage: TF-IDF on characters + jieba words")
+    bcfg = BaselineConfig(**cfg.data_fields(), features="char+word")
+    m = run_baseline(bcfg, out / "baseline-words")
+    res.rows.append({**m, "model": "TF-IDF, characters + jieba words", "run": "baseline-words"})
+    res.runs["TF-IDF, characters + words"] = out / "baseline-words"
 
 
 def _pretrain_stages(cfg: QuickstartConfig, splits, out: Path, res: _Results) -> None:
@@ -292,7 +299,8 @@ def _ensemble_stage(cfg: QuickstartConfig, out: Path, res: _Results) -> None:
     log.info("quickstart stage: %s ensemble of %d models", cfg.ensemble_method, len(members))
     ecfg = EnsembleConfig(**cfg.data_fields(), method=cfg.ensemble_method)
     m = run_ensemble(ecfg, members, out / "ensemble")
-    names = {"baseline": "TF-IDF", "finetune": "fine-tuned", "scratch": "scratch",
+    names = {"baseline": "TF-IDF", "baseline-words": "TF-IDF words", "finetune": "fine-tuned",
+             "scratch": "scratch",
              "llm/lora-head": "LoRA head", "llm/lora-scoring": "LoRA scoring"}  # fmt: skip
     who = " + ".join(names[r["run"]] for r in rows)
     m["train_seconds"] = sum(r.get("train_seconds") or 0 for r in rows)  # it needs them all
@@ -335,7 +343,7 @@ def _compare_stage(cfg: QuickstartConfig, out: Path, res: _Results) -> None:
             names=list(res.runs),
             title="zhtune quickstart: model comparison",
             add_baseline=False,
-            max_robustness_samples=300,
+            max_robustness_samples=cfg.robustness_samples,
         )
         res.compare_report = "compare/report.html"
     except Exception as e:  # the trained models and their summary must not be lost

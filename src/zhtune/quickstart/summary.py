@@ -60,12 +60,15 @@ def _points(a: float, b: float) -> str:
     return f"{(a - b) * 100:+.1f} points"
 
 
+TFIDF_RUNS = ("baseline", "baseline-words")  # the rows "other than TF-IDF" leaves out
+
+
 def compare_to_baseline(rows: list[dict]) -> str:
     """The verdict: best non-TF-IDF model vs TF-IDF, base vs control, constant predictors."""
     by_run = {r.get("run"): r for r in rows}
     base = by_run.get("baseline")
     parts = []
-    others = [r for r in rows if r.get("run") != "baseline"]
+    others = [r for r in rows if r.get("run") not in TFIDF_RUNS]
     if base is not None and others:
         best = max(others, key=lambda r: r["accuracy"])
         met = "met" if best["accuracy"] >= base["accuracy"] + 0.01 else "missed"
@@ -81,6 +84,12 @@ def compare_to_baseline(rows: list[dict]) -> str:
             f"pretraining buys {_points(tuned['accuracy'], scratch['accuracy'])} over the "
             f"same model from random weights (target +2 points {met})"
         )
+    lora = [by_run[k] for k in ("llm/lora-head", "llm/lora-scoring") if k in by_run]
+    if lora:
+        met = "met" if all(r["accuracy"] >= 0.75 for r in lora) else "missed"
+        accs = " and ".join(f"{r['accuracy']:.3f}" for r in lora)
+        parts.append(f"LoRA {'head and scoring' if len(lora) == 2 else 'run'} {accs} "
+                     f"(target 0.75 each {met})")  # fmt: skip
     const = [r["model"] for r in rows if r.get("predicted_classes") == 1]
     if any(r.get("predicted_classes") is not None for r in rows):
         parts.append(
