@@ -216,7 +216,7 @@ class PretrainConfig:
 
         from zhtune.runs import resolve_model
 
-        self.init_from = resolve_model(self.init_from)
+        self.init_from = resolve_model(str(self.init_from))
         self.tokenizer_path = self.tokenizer_path or self.init_from
         f = Path(self.init_from) / "config.json"
         if not f.is_file():

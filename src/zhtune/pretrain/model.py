@@ -20,9 +20,9 @@ def load_init(cfg: PretrainConfig, tokenizer) -> torch.nn.Module:
 
     from zhtune.errors import ModelLoadError
 
-    auto = AutoModelForMaskedLM if cfg.objective == "mlm" else AutoModelForCausalLM
+    auto: Any = AutoModelForMaskedLM if cfg.objective == "mlm" else AutoModelForCausalLM
     try:
-        model = auto.from_pretrained(cfg.init_from, use_safetensors=True, dtype=torch.float32)
+        model = auto.from_pretrained(str(cfg.init_from), use_safetensors=True, dtype=torch.float32)
     except (OSError, ValueError, KeyError) as e:
         raise ModelLoadError(
             f"init_from: cannot load {cfg.init_from} for {cfg.objective}: {e}"
@@ -35,7 +35,7 @@ def load_init(cfg: PretrainConfig, tokenizer) -> torch.nn.Module:
     return model
 
 
-def body_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
+def body_and_head(model: Any) -> tuple[torch.nn.Module, torch.nn.Module]:
     """The transformer body (``model.roberta``/``bert``/``model``) and the output head
     (``lm_head``/``cls``): the model's one child that is not the body."""
     body = model.base_model
