@@ -253,3 +253,32 @@ def test_pretrain_two_processes_match_one(objective, tmp_path):
         assert "resuming from" in p.stdout + p.stderr
         assert _losses(again) == _losses(two)
         assert _max_weight_diff(again, two) < 1e-6
+
+
+@pytest.mark.slow
+def test_electra_under_torchrun_trains_and_resumes_exactly(tmp_path):
+    """ELECTRA with 2 processes: both ranks train (each samples its own replacements, so the
+    losses are not the 1-process ones), rank 0 writes the discriminator and the generator,
+    and a resume from step 3 restores every rank's sampler: the same final weights."""
+    from transformers import ElectraForMaskedLM, ElectraForPreTraining
+
+    from test_pretrain import make_texts
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(make_texts()) + "\n", encoding="utf-8")
+    settings = {**PRETRAIN, "objective": "electra", "text_files": corpus, "batch_size": 2}
+    two = tmp_path / "two"
+    args = [*flags(settings), f"--out={two}"]
+    p = pretrain_torchrun(args, tmp_path)
+    log = p.stdout + p.stderr
+    assert "rank 0/2 trained 6 steps" in log and "rank 1/2 trained 6 steps" in log
+    assert log.count("electra (electra): 6 steps") == 1
+    assert ElectraForPreTraining.from_pretrained(two) is not None
+    assert ElectraForMaskedLM.from_pretrained(two / "generator") is not None
+    again = tmp_path / "again"
+    shutil.copytree(two / "checkpoints" / "step-00000003", again / "checkpoints" / "step-00000003")
+    p = pretrain_torchrun([*args[:-1], f"--out={again}"], tmp_path)
+    assert "resuming from" in p.stdout + p.stderr
+    assert _losses(again) == _losses(two)
+    assert _max_weight_diff(again, two) == 0.0
+    assert _max_weight_diff(again / "generator", two / "generator") == 0.0

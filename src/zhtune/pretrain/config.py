@@ -16,6 +16,8 @@ RESUME_MUST_MATCH = (
     "gradient_accumulation_steps",
     "group_by_length", "eval_ratio", "max_eval_chunks",  # (these two decide the train chunks)
 )  # fmt: skip
+# with objective electra also these (older checkpoints have no such fields)
+ELECTRA_MUST_MATCH = ("generator_size", "electra_disc_weight")
 
 
 @dataclass
@@ -23,12 +25,15 @@ class PretrainConfig:
     """Pretraining from scratch: corpus, model shape, optimisation, checkpoints."""
 
     objective: str = arg(
-        "mlm", "training objective: masked LM (encoder) or causal LM", ("mlm", "clm")
+        "mlm",
+        "training objective: masked LM (encoder), causal LM, or ELECTRA replaced-token "
+        "detection (a small generator and the encoder as discriminator, trained together)",
+        ("mlm", "clm", "electra"),
     )
     arch: str = arg(
         "auto",
-        "model architecture (auto: roberta for mlm, qwen2 for clm)",
-        ("auto", "roberta", "qwen2"),
+        "model architecture (auto: roberta for mlm, qwen2 for clm, electra for electra)",
+        ("auto", "roberta", "qwen2", "electra"),
     )
     init_from: str | None = arg(
         None,
@@ -71,7 +76,13 @@ class PretrainConfig:
     type_vocab_size: int = arg(1, "token type vocabulary (roberta; 1 = segment ids unused)")
     dropout: float = arg(0.1, "dropout (roberta: hidden and attention; qwen2: attention)")
     max_seq_length: int = arg(128, "tokens per chunk including [CLS] and [SEP]")
-    mask_prob: float = arg(0.15, "mlm: share of tokens chosen for prediction (whole words)")
+    mask_prob: float = arg(0.15, "mlm/electra: share of tokens chosen for prediction (whole words)")
+    generator_size: float = arg(
+        0.25, "electra: generator hidden, heads and feed-forward size as a share of the model's"
+    )
+    electra_disc_weight: float = arg(
+        50.0, "electra: loss = generator MLM loss + this x discriminator loss (paper: 50)"
+    )
     # optimisation
     batch_size: int = arg(
         32, "chunks per process and micro-step (global batch: x processes x accumulation)"
@@ -131,9 +142,9 @@ class PretrainConfig:
         validate_choices(self)
         if self.init_from:
             self._take_shape_from_init()
+        want = {"mlm": "roberta", "clm": "qwen2", "electra": "electra"}[self.objective]
         if self.arch == "auto":
-            self.arch = "roberta" if self.objective == "mlm" else "qwen2"
-        want = {"mlm": "roberta", "clm": "qwen2"}[self.objective]
+            self.arch = want
         check(
             self.arch == want,
             "arch",
@@ -183,7 +194,19 @@ class PretrainConfig:
         ):
             v = getattr(self, name)
             check(v >= 0, name, f"must be >= 0, got {v}")
+        if self.objective == "electra":
+            self._check_electra()
         check(bool(self.resume_from_checkpoint), "resume_from_checkpoint", "allowed: auto, none or a checkpoint path")  # fmt: skip
+
+    def _check_electra(self) -> None:
+        check(not self.init_from, "init_from", "objective electra starts from scratch (no init_from)")  # fmt: skip
+        check(0 < self.generator_size <= 1, "generator_size",
+              f"must be in (0, 1], got {self.generator_size}")  # fmt: skip
+        check(self.electra_disc_weight > 0, "electra_disc_weight",
+              f"must be > 0, got {self.electra_disc_weight}")  # fmt: skip
+        check(not self.compile, "compile", "objective electra does not support compile yet")
+        check(self.sharding in ("auto", "none"), "sharding",
+              "objective electra supports DDP only (sharding none), not FSDP/ZeRO-2 yet")  # fmt: skip
 
     def _take_shape_from_init(self) -> None:
         """``init_from``: builtin:NAME resolved; tokenizer, arch and shape from its

@@ -128,6 +128,11 @@ def wrap(
     if sharding != "none":
         from zhtune.pretrain.sharding import shard
 
+        if objective == "electra":
+            from zhtune.errors import ConfigError
+
+            raise ConfigError("sharding: objective electra supports DDP only, not FSDP/ZeRO-2")
+
         body = "roberta.encoder.layer" if objective == "mlm" else "model.layers"
         return shard(scorer, list(model.get_submodule(body).children()), sharding)
     from torch.nn.parallel import DistributedDataParallel as DDP

@@ -30,7 +30,8 @@ from zhtune.config import save_config, to_dict
 from zhtune.device import autocast_context, bf16_supported, resolve_device  # noqa: F401
 from zhtune.errors import ZhtuneError
 from zhtune.pretrain import distributed as ddp
-from zhtune.pretrain.config import RESUME_MUST_MATCH, PretrainConfig  # noqa: F401
+from zhtune.pretrain import electra
+from zhtune.pretrain.config import ELECTRA_MUST_MATCH, RESUME_MUST_MATCH, PretrainConfig  # noqa: F401
 from zhtune.pretrain.model import (  # noqa: F401  (re-exported: the names tests and benchmarks use)
     build_model,
     compile_body,
@@ -126,22 +127,26 @@ def _schedule(warmup: int, total: int):
 
 def optimizer_step(
     scorer, micro: list[dict], n_scored: int, optimizer, scheduler, cfg: PretrainConfig,
-    autocast, world: int = 1,
+    autocast, world: int = 1, loss_of: Callable | None = None,
 ) -> float:  # fmt: skip
     """One optimizer step over this process's micro-batches of a global batch with
     ``n_scored`` scored positions in all; returns this process's summed cross-entropy.
 
     Each micro-batch adds ``world × sum(CE) / n_scored`` to the gradient (DDP or FSDP then
     averages over the processes), so the step's gradient is that of the mean over the global
-    batch.
+    batch. ``loss_of(scorer output)`` replaces the summed cross-entropy (ELECTRA).
     """
     loss_total = 0.0
     for i, batch in enumerate(micro):
         last = i == len(micro) - 1
         with ddp.sync_gradients(scorer, sync=last or world == 1):
             with autocast():
-                logits, target = scorer(**batch)  # (M, V), (M,)
-            loss_sum = F.cross_entropy(logits.float(), target, reduction="sum")
+                out = scorer(**batch)  # logits (M, V), targets (M,)[, ELECTRA's (N,), (N,), input]
+            loss_sum = (
+                loss_of(out)
+                if loss_of
+                else F.cross_entropy(out[0].float(), out[1], reduction="sum")
+            )
             (loss_sum * (world / max(n_scored, 1))).backward()
         loss_total += loss_sum.item()
     if cfg.max_grad_norm > 0:
@@ -155,7 +160,7 @@ def optimizer_step(
 
 def n_scored(batch: dict, objective: str) -> int:
     """Positions the loss is taken at: masked tokens (MLM) or real next tokens (CLM)."""
-    if objective == "mlm":
+    if objective in ("mlm", "electra"):  # electra: + disc_weight x BCE (electra.step_loss)
         return int((batch["labels"] != -100).sum())
     return int(batch["attention_mask"][:, 1:].sum())
 
@@ -164,7 +169,10 @@ def train_step(model, batch: dict, optimizer, scheduler, cfg: PretrainConfig, au
     """One optimizer step on one batch in one process; returns the mean loss."""
     n = n_scored(batch, cfg.objective)
     scorer = ddp.Scorer(model, cfg.objective)
-    return optimizer_step(scorer, [batch], n, optimizer, scheduler, cfg, autocast) / max(n, 1)
+    loss_of = electra.step_loss(batch, cfg) if cfg.objective == "electra" else None
+    return optimizer_step(
+        scorer, [batch], n, optimizer, scheduler, cfg, autocast, 1, loss_of
+    ) / max(n, 1)
 
 
 def run_pretrain(
@@ -271,7 +279,8 @@ def _resume(run: PretrainRun) -> PretrainState:
     if ckpt is None:
         _fresh_start(cfg, run.out / "checkpoints")
         return PretrainState()
-    check_resumable(ckpt, to_dict(cfg), run.report["corpus_key"], RESUME_MUST_MATCH)
+    fields = RESUME_MUST_MATCH + (ELECTRA_MUST_MATCH if cfg.objective == "electra" else ())
+    check_resumable(ckpt, to_dict(cfg), run.report["corpus_key"], fields)
     saved = read_state(ckpt)
     if saved.get("world_size", 1) != run.world:
         raise ZhtuneError(
@@ -287,6 +296,8 @@ def _resume(run: PretrainRun) -> PretrainState:
     rng, saved = load_checkpoint(ckpt, run.model, run.optimizer, run.scheduler, loader)
     torch.set_rng_state(rng.get(f"torch.rank{run.rank}", rng["torch"]))
     run.collate.generator.set_state(rng["mask"])
+    if cfg.objective == "electra":  # the generator's samples
+        electra.load_rng(run.model, run.device, rng, run.rank)
     if "cuda" in rng and run.device.type == "cuda":
         torch.cuda.set_rng_state(rng["cuda"])
     state = PretrainState(
@@ -307,9 +318,12 @@ def _checkpoint(run: PretrainRun, state: PretrainState, seconds: float) -> Path 
 
     states = ddp.gather_rng(torch.get_rng_state())
     model, optimizer = ddp.checkpoint_states(run.model, run.optimizer, run.sharding)
+    samplers: dict = {}
+    if run.cfg.objective == "electra":  # every rank's sampler (a collective)
+        electra.save_rng(run.model, run.device, samplers)
     if not run.main:
         return None
-    rng = {"torch": states[0], "mask": run.collate.generator.get_state()}
+    rng = {"torch": states[0], "mask": run.collate.generator.get_state(), **samplers}
     rng.update({f"torch.rank{r}": s for r, s in enumerate(states) if r > 0})
     if run.device.type == "cuda":
         rng["cuda"] = torch.cuda.get_rng_state()
@@ -376,8 +390,9 @@ def _train(run: PretrainRun, state: PretrainState, stop_after: int | None) -> fl
         micro = ddp.my_rows(batch, run.rank, run.world, cfg.gradient_accumulation_steps)
         micro = [{k: v.to(run.device, non_blocking=True) for k, v in b.items()} for b in micro]
         lr = run.optimizer.param_groups[0]["lr"]
+        loss_of = electra.step_loss(batch, cfg) if cfg.objective == "electra" else None
         loss_sum = optimizer_step(run.scorer, micro, n, run.optimizer, run.scheduler, cfg,
-                                  run.autocast, run.world)  # fmt: skip
+                                  run.autocast, run.world, loss_of)  # fmt: skip
         loss = ddp.sum_scalar(loss_sum, run.device) / max(n, 1)  # the global batch's mean
         state.step, state.consumed = state.step + 1, state.consumed + 1
         window.loss, window.steps = window.loss + loss, window.steps + 1
@@ -474,6 +489,8 @@ def _finish(run: PretrainRun, state: PretrainState, train_seconds: float) -> Pre
     tokenizer = set_generation_ids(model, run.tokenizer, cfg.objective)  # a copy for CLM
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
+    if cfg.objective == "electra":  # the generator's directory is a complete model too
+        tokenizer.save_pretrained(out / "generator")
     write_jsonl(out / "history.jsonl", history)
     metrics = _final_metrics(run, state, scores, train_seconds)
     write_json(out / "metrics.json", metrics)
@@ -545,6 +562,10 @@ def run_cli(ns: argparse.Namespace) -> int:
         f"held-out loss {m.get('eval_loss')}, accuracy {m.get('eval_accuracy')}, "
         f"perplexity {m.get('perplexity')}, {m['tokens_per_second']} tokens/s"
     )
+    if m["objective"] == "electra":
+        print(
+            f"discriminator: accuracy {m['discriminator_accuracy']}, AUC {m['discriminator_auc']}"
+        )
     if m.get("stopped_early"):
         print(f"note: {m['stop_reason']}")
     print(f"\nmodel directory: {ns.out}")

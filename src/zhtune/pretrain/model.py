@@ -36,7 +36,7 @@ def load_init(cfg: PretrainConfig, tokenizer) -> torch.nn.Module:
     return model
 
 
-def body_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
+def body_and_head(model: Any) -> tuple[torch.nn.Module, torch.nn.Module]:
     """The transformer body (``model.roberta``/``bert``/``model``) and the output head
     (``lm_head``/``cls``): the model's one child that is not the body."""
     body: Any = model.base_model
@@ -54,6 +54,10 @@ def build_model(cfg: PretrainConfig, tokenizer) -> torch.nn.Module:
 
     from zhtune.pretrain.masking import boundary_ids, pad_id
 
+    if cfg.objective == "electra":
+        from zhtune.pretrain.electra import build_pair
+
+        return build_pair(cfg, tokenizer)
     torch.manual_seed(cfg.seed)
     if cfg.init_from:
         return load_init(cfg, tokenizer)
@@ -103,6 +107,10 @@ def predict_targets(model, batch: dict, objective: str) -> tuple[torch.Tensor, t
     projection) only on the M masked positions. CLM: the head only on positions whose next
     token is real (not padding). Returns logits (M, V) and targets (M,).
     """
+    if objective == "electra":  # generator and discriminator outputs (see electra.predict)
+        from zhtune.pretrain.electra import predict
+
+        return predict(model, batch)  # type: ignore[return-value]
     input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]  # (B, T)
     body, head = body_and_head(model)  # roberta/bert/model, lm_head/cls
     hidden = body(input_ids=input_ids, attention_mask=attention_mask)[0]  # (B, T, H)
@@ -121,9 +129,9 @@ def check_tokenizer(tokenizer, objective: str) -> None:
     from zhtune.pretrain.masking import boundary_ids, pad_id
 
     name = type(tokenizer).__name__
-    if objective == "mlm" and tokenizer.mask_token_id is None:
+    if objective in ("mlm", "electra") and tokenizer.mask_token_id is None:
         raise ConfigError(
-            f"tokenizer_path: {name} has no mask token, which objective mlm needs "
+            f"tokenizer_path: {name} has no mask token, which objective {objective} needs "
             "(use objective clm, or a tokenizer with [MASK] / <mask>)"
         )
     if boundary_ids(tokenizer)[1] is None or pad_id(tokenizer) is None:
@@ -160,7 +168,7 @@ def make_collator(cfg: PretrainConfig, tokenizer, seed: int):
     from zhtune.pretrain.masking import CausalCollator, WholeWordMaskCollator
 
     multiple = COMPILE_WIDTH if getattr(cfg, "compile", False) else 1
-    if cfg.objective == "mlm":
+    if cfg.objective in ("mlm", "electra"):
         return WholeWordMaskCollator(
             tokenizer, cfg.mask_prob, seed=seed, pad_to_multiple_of=multiple
         )
@@ -202,6 +210,10 @@ def evaluate(
     same chunks are scored the same way every time."""
     from zhtune.pretrain.corpus import batch_order
 
+    if cfg.objective == "electra":
+        from zhtune.pretrain import electra
+
+        return electra.evaluate(model, chunks, cfg, tokenizer, device, autocast, batch_size)
     if len(chunks) == 0:
         return {}
     was_training = model.training
