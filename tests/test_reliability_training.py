@@ -284,6 +284,40 @@ def test_finetune_interrupted_save_is_never_picked(tmp_path, monkeypatch) -> Non
     _assert_same_weights(tmp_path / "ref" / "model.safetensors", out / "model.safetensors")
 
 
+@pytest.mark.parametrize("command", ["finetune", "lora"])
+def test_killed_after_its_last_checkpoint_resumes_without_an_extra_step(
+    tmp_path, monkeypatch, command
+) -> None:
+    """A run killed after it saved ``checkpoint-<max_steps>`` but before its final weights:
+    transformers 5's ``Trainer.train`` would run step max_steps + 1 (it checks the budget only
+    after a step; CI caught this as a flaky kill -9 test). Resume must train nothing, load the
+    best checkpoint and end exactly where the uninterrupted run ended."""
+    import shutil
+
+    monkeypatch.setenv("ZHTUNE_THREADS", "1")
+    data = train_csv(tmp_path / "train.csv")
+    flags = [x.replace("16", "10") for x in TRAINER_FLAGS]  # --max-steps 10: mid-epoch
+    if command == "finetune":
+        base, extra, weights = tiny_roberta_mlm(tmp_path / "base"), [], "model.safetensors"
+    else:
+        base, weights = tiny_qwen2(tmp_path / "base"), "adapter_model.safetensors"
+        extra = ["--mode", "head", "--lora-r", "4", "--lora-alpha", "8"]
+    args = ["-q", command, "--train", str(data), "--model", str(base), "--learning-rate",
+            "3e-3", *extra, *flags]  # fmt: skip
+    ref, out = tmp_path / "ref", tmp_path / "run"
+    assert main([*args, "--out", str(ref)]) == 0
+    shutil.copytree(ref, out)
+    for name in (weights, "metrics.json"):
+        (out / name).unlink()  # as if killed right after checkpoint-10 was complete
+    assert main([*args, "--out", str(out)]) == 0
+    m = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    r = json.loads((ref / "metrics.json").read_text(encoding="utf-8"))
+    assert m["resumed_from"].endswith("checkpoint-10") and m["steps"] == 10
+    assert m["best_step"] == r["best_step"] and m["accuracy"] == r["accuracy"]
+    assert _assert_same_history(ref / "history.jsonl", out / "history.jsonl") == 10 + 5
+    _assert_same_weights(ref / weights, out / weights)
+
+
 # --- where nothing can be written -------------------------------------------------------------
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict[str, Path]:

@@ -494,8 +494,7 @@ def _prepare_resume(cfg: TrainingConfig, out: Path) -> Path | None:
     resume = resolve_resume(cfg.resume_from_checkpoint, out / CHECKPOINT_DIR)
     resume_step = None
     if resume is not None:
-        state = json.loads((resume / "trainer_state.json").read_text(encoding="utf-8"))
-        resume_step = int(state.get("global_step", 0))
+        resume_step = _checkpoint_step(resume)
         log.info("resuming from %s (step %d)", resume, resume_step)
     if tracking.is_main_process():
         _truncate_history(out / HISTORY_FILE, resume_step)
@@ -508,11 +507,14 @@ def _prepare_resume(cfg: TrainingConfig, out: Path) -> Path | None:
 def _fit(trainer: Any, cfg: TrainingConfig, out: Path, resume: Path | None) -> TrainResult:
     """``trainer.train()`` (resuming from ``resume``) and what it ended with."""
     t = time.perf_counter()
-    with tracking.training_status(out, cfg):
-        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    expected = total_steps(cfg, len(trainer.train_dataset))
+    if resume is not None and _checkpoint_step(resume) >= expected:
+        _restore_finished(trainer, resume)
+    else:
+        with tracking.training_status(out, cfg):
+            trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     seconds = time.perf_counter() - t
     state = trainer.state
-    expected = total_steps(cfg, len(trainer.train_dataset))
     return TrainResult(
         model=trainer.model,
         global_step=state.global_step,
@@ -523,6 +525,24 @@ def _fit(trainer: Any, cfg: TrainingConfig, out: Path, resume: Path | None) -> T
         resumed_from=str(resume) if resume else None,
         history=read_history(out / HISTORY_FILE),
     )
+
+
+def _checkpoint_step(checkpoint: Path) -> int:
+    state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+    return int(state.get("global_step", 0))
+
+
+def _restore_finished(trainer: Any, checkpoint: Path) -> None:
+    """Resume from a checkpoint at the end of the schedule (a run killed after its last save):
+    ``Trainer.train`` would run one step past ``max_steps`` (transformers 5 checks the budget
+    only after a step), so restore its state and load the best checkpoint instead."""
+    from transformers import TrainerState
+
+    trainer.state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
+    best = trainer.state.best_model_checkpoint
+    source = Path(best) if best and Path(best).is_dir() else checkpoint
+    trainer._load_from_checkpoint(str(source))
+    log.info("%s is the end of the schedule: nothing left to train; loaded %s", checkpoint, source)
 
 
 def write_training_curves(history: list[dict], path: Path, metric: str = "macro_f1") -> Path:
