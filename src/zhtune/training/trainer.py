@@ -508,10 +508,10 @@ def _fit(trainer: Any, cfg: TrainingConfig, out: Path, resume: Path | None) -> T
     """``trainer.train()`` (resuming from ``resume``) and what it ended with."""
     t = time.perf_counter()
     expected = total_steps(cfg, len(trainer.train_dataset))
-    if resume is not None and _checkpoint_step(resume) >= expected:
-        _restore_finished(trainer, resume)
-    else:
-        with tracking.training_status(out, cfg):
+    with tracking.training_status(out, cfg):  # running -> trained / interrupted / failed
+        if resume is not None and _checkpoint_step(resume) >= expected:
+            _restore_finished(trainer, resume)
+        else:
             trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     seconds = time.perf_counter() - t
     state = trainer.state
