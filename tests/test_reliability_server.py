@@ -354,12 +354,16 @@ def test_full_queue_answers_429_fast_and_recovers(servers) -> None:
     srv = servers["small"]
     body = {"texts": ["质量很好，物流也快，非常满意，还会再买" * 5] * 64}
 
+    # one pooled client: a new httpx client per request (SSL context, pool) costs the 48
+    # threads more CPU under the GIL than the server spends refusing, which made this flaky
+    client = httpx.Client(timeout=60, limits=httpx.Limits(max_connections=48))
+
     def one(_: int) -> tuple[int, float]:
         t = time.perf_counter()
-        r = httpx.post(srv.url + "/v1/classify", json=body, timeout=60)
+        r = client.post(srv.url + "/v1/classify", json=body)
         return r.status_code, time.perf_counter() - t
 
-    with ThreadPoolExecutor(48) as pool:
+    with client, ThreadPoolExecutor(48) as pool:
         results = list(pool.map(one, range(96)))
     codes = [c for c, _ in results]
     assert set(codes) <= {200, 429}, codes
@@ -368,9 +372,11 @@ def test_full_queue_answers_429_fast_and_recovers(servers) -> None:
     slow = sorted(dt for c, dt in results if c == 200)
     med = lambda xs: xs[len(xs) // 2]  # noqa: E731
     print(f"429: {len(fast)} of {len(codes)}; median {med(fast):.3f}s, max {fast[-1]:.3f}s; "
-          f"200: median {med(slow):.3f}s", file=sys.__stderr__)  # fmt: skip
-    # refused at once, not queued: faster than the answered requests, and never a hang
-    assert med(fast) <= med(slow) and fast[-1] < 10, (fast, slow)
+          f"200: median {med(slow):.3f}s, max {slow[-1]:.3f}s", file=sys.__stderr__)  # fmt: skip
+    # refused at once, not queued: the median refusal arrives before the queue has drained
+    # (the last answered request), and never a hang. Not the median answered request: the
+    # few that get in first are scored before the burst is even sent (flaky on 2 cores)
+    assert med(fast) <= slow[-1] and fast[-1] < 10, (fast, slow)
     r = httpx.post(srv.url + "/v1/classify", json=body, timeout=60)
     assert r.status_code == 200 and r.headers.get("retry-after") is None
 
